@@ -1,0 +1,29 @@
+"""ddpm-keras: Denoising Diffusion Probabilistic Models in Keras 3 / TensorFlow."""
+
+from ddpm_keras.config import DiffusionConfig, get_config, get_strategy
+from ddpm_keras.data import DataUnavailableError, load_dataset
+from ddpm_keras.model import DiffusionModel, build_model, load_diffusion_model
+from ddpm_keras.samplers import DDIMSampler, DDPMSampler, get_sampler
+from ddpm_keras.schedule import NoiseSchedule
+from ddpm_keras.training import generate_samples, train
+from ddpm_keras.unet import build_unet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DDIMSampler",
+    "DDPMSampler",
+    "DataUnavailableError",
+    "DiffusionConfig",
+    "DiffusionModel",
+    "NoiseSchedule",
+    "build_model",
+    "build_unet",
+    "generate_samples",
+    "get_config",
+    "get_sampler",
+    "get_strategy",
+    "load_dataset",
+    "load_diffusion_model",
+    "train",
+]

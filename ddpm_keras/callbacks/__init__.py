@@ -1,0 +1,36 @@
+"""Keras callbacks of ddpm_keras; ordinary Keras callbacks plug in beside them."""
+
+from ddpm_keras.callbacks.checkpoints import ModelCheckpoints, backup_and_restore
+from ddpm_keras.callbacks.metrics import MetricsJSON
+from ddpm_keras.callbacks.samples import SampleGrid
+
+
+def default_callbacks(config):
+    """The callbacks a `DiffusionConfig` run uses, in order.
+
+    Resume (`BackupAndRestore`) first, then checkpoints, metrics and samples.
+    """
+    return [
+        backup_and_restore(config.backup_dir),
+        ModelCheckpoints(config.checkpoint_dir),
+        MetricsJSON(config.metrics_path),
+        SampleGrid(
+            config.samples_dir,
+            final_path=config.samples_path,
+            every=config.sample_every,
+            num_images=config.num_samples,
+            sampler=config.sampler,
+            steps=config.sample_steps if config.sampler == "ddim" else None,
+            eta=config.eta,
+            seed=config.seed,
+        ),
+    ]
+
+
+__all__ = [
+    "MetricsJSON",
+    "ModelCheckpoints",
+    "SampleGrid",
+    "backup_and_restore",
+    "default_callbacks",
+]

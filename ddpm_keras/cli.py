@@ -1,0 +1,126 @@
+"""Command-line interfaces: `ddpm-train` and `ddpm-sample`.
+
+`scripts/train.py` and `scripts/sample.py` use the same parsers. User errors
+(bad values, missing data or files) print one line to stderr and exit with
+status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+
+from ddpm_keras.config import PRESETS, get_config
+from ddpm_keras.data import DataUnavailableError
+from ddpm_keras.samplers import SAMPLER_NAMES
+from ddpm_keras.schedule import SCHEDULE_NAMES
+
+USER_ERRORS = (ValueError, DataUnavailableError, FileNotFoundError)
+
+
+def train_parser():
+    """Flags of `scripts/train.py` / `ddpm-train`; unset flags keep the preset's value."""
+    parser = argparse.ArgumentParser(
+        description="Train a DDPM on Fashion-MNIST (or another TFDS image dataset)."
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="smoke (seconds), cpu (~30 min on 2 cores) or default (GPU); "
+        "default: chosen from the machine",
+    )
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--schedule", choices=SCHEDULE_NAMES)
+    parser.add_argument("--dataset", help="TFDS image dataset name (default fashion_mnist)")
+    parser.add_argument("--max-train-examples", type=int)
+    parser.add_argument("--output-dir", help="artifact directory")
+    parser.add_argument(
+        "--manual-dir",
+        help="folder with the dataset's original .gz files, for offline use",
+    )
+    parser.add_argument("--data-dir", help="TFDS data directory")
+    return parser
+
+
+def config_from_args(args):
+    """Builds the `DiffusionConfig` from parsed train flags."""
+    overrides = vars(args).copy()
+    preset = overrides.pop("preset")
+    return get_config(preset, **overrides)
+
+
+def sample_parser():
+    """Flags of `scripts/sample.py` / `ddpm-sample`."""
+    parser = argparse.ArgumentParser(description="Sample images from a saved DDPM.")
+    parser.add_argument(
+        "--model",
+        default=os.path.join("artifacts", "tensorflow_diffusion", "model.keras"),
+        help="saved .keras model (default: %(default)s)",
+    )
+    parser.add_argument("--num-images", type=int, default=36)
+    parser.add_argument(
+        "--steps", type=int, help="sampling steps (default: 50 for ddim, T for ddpm)"
+    )
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--output", default="samples.png", help="PNG grid path (default: %(default)s)"
+    )
+    return parser
+
+
+def user_errors_exit(main):
+    """Turns user errors raised by `main` into a one-line message and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        try:
+            return main(argv)
+        except USER_ERRORS as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+@user_errors_exit
+def train_main(argv=None):
+    """Entry point of `ddpm-train`."""
+    from ddpm_keras.training import train
+
+    config = config_from_args(train_parser().parse_args(argv))
+    train(config)
+    print(f"Artifacts written to {config.output_dir}")
+    return 0
+
+
+@user_errors_exit
+def sample_main(argv=None):
+    """Entry point of `ddpm-sample` (and `scripts/sample.py`)."""
+    from ddpm_keras.files import ensure_writable_dir, save_image_grid
+    from ddpm_keras.model import load_diffusion_model
+
+    args = sample_parser().parse_args(argv)
+    if not args.output.endswith(".png"):
+        raise ValueError(f"`--output` must end in '.png'. Received: output={args.output!r}")
+    ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)))
+    model = load_diffusion_model(args.model)
+    images = model.generate(
+        args.num_images,
+        steps=args.steps,
+        sampler=args.sampler,
+        eta=args.eta,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    title = f"{args.sampler}, {args.steps or 'default'} steps, seed {args.seed}"
+    save_image_grid(images, args.output, title=title)
+    print(f"Wrote {len(images)} samples to {args.output}")
+    return 0

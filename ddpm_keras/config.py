@@ -1,0 +1,327 @@
+"""Hyperparameters and artifact paths: one dataclass, a few presets, validation.
+
+Every knob of a run lives in `DiffusionConfig`. Presets are named starting
+points (`smoke`, `cpu`, `default`); any field can be overridden on top of one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+DEFAULT_OUTPUT_DIR = os.path.join("artifacts", "tensorflow_diffusion")
+
+SCHEDULES = ("linear", "cosine")
+SAMPLERS = ("ddim", "ddpm")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+    """Everything a training or sampling run needs, validated on creation.
+
+    Attributes:
+        preset: Name of the preset this config started from (informational).
+        dataset: TFDS dataset name with an `image` feature, e.g.
+            `"fashion_mnist"` or `"mnist"`.
+        data_dir: TFDS data directory (`None`: TFDS' default,
+            `~/tensorflow_datasets`).
+        manual_dir: Folder holding the dataset's original download files, for
+            offline use (TFDS `DownloadConfig(manual_dir=...)`).
+        max_train_examples: Use only the first N training images (`None`: all).
+        max_val_examples: Use only the first N test images for validation.
+        shuffle_buffer: Size of the `tf.data` shuffle buffer.
+        schedule: Noise schedule name, `"linear"` or `"cosine"`.
+        timesteps: Number of diffusion steps T.
+        beta_start: First beta of the linear schedule.
+        beta_end: Last beta of the linear schedule.
+        base_channels: Channels of the UNet's first level.
+        channel_multipliers: Channel multiplier per UNet level; the image is
+            downsampled by 2 between levels.
+        num_res_blocks: Residual blocks per UNet level.
+        attention: Self-attention at the UNet's lowest resolution.
+        norm_groups: Groups of every GroupNormalization layer.
+        batch_size: Global training batch size.
+        epochs: Training epochs.
+        learning_rate: Adam learning rate.
+        ema_decay: Decay of the exponential moving average of the weights.
+        seed: Seed for weights, data order, timesteps and noise.
+        sample_every: Write a sample grid every N epochs (0: only at the end).
+        num_samples: Images in each sample grid.
+        sampler: Sampler for grids, `"ddim"` or `"ddpm"`.
+        sample_steps: Sampling steps for grids (`ddpm` always uses T).
+        eta: DDIM eta in [0, 1] (0: deterministic, 1: DDPM-like noise).
+        output_dir: Where checkpoints, samples, the model and metrics go.
+    """
+
+    preset: str = "custom"
+    # Data.
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    max_train_examples: int | None = None
+    max_val_examples: int | None = None
+    shuffle_buffer: int = 10_000
+    # Noise schedule.
+    schedule: str = "linear"
+    timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    # Network.
+    base_channels: int = 64
+    channel_multipliers: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention: bool = True
+    norm_groups: int = 8
+    # Optimisation.
+    batch_size: int = 128
+    epochs: int = 50
+    learning_rate: float = 2e-4
+    ema_decay: float = 0.999
+    seed: int = 42
+    # Sampling during and after training.
+    sample_every: int = 5
+    num_samples: int = 36
+    sampler: str = "ddim"
+    sample_steps: int = 50
+    eta: float = 0.0
+    # Artifacts.
+    output_dir: str = DEFAULT_OUTPUT_DIR
+
+    def __post_init__(self):
+        # Accept lists (JSON, argparse) for the tuple field, then check all.
+        object.__setattr__(
+            self, "channel_multipliers", tuple(self.channel_multipliers)
+        )
+        validate_config(self)
+
+    def replace(self, **changes) -> DiffusionConfig:
+        """Returns a copy with some fields changed (validated again)."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(
+                f"Unknown config field(s) {unknown}. Received: {changes}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Returns the config as a JSON-serializable dict."""
+        values = dataclasses.asdict(self)
+        values["channel_multipliers"] = list(self.channel_multipliers)
+        return values
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return os.path.join(self.output_dir, "checkpoints")
+
+    @property
+    def backup_dir(self) -> str:
+        return os.path.join(self.output_dir, "backup")
+
+    @property
+    def samples_dir(self) -> str:
+        return os.path.join(self.output_dir, "samples")
+
+    @property
+    def model_path(self) -> str:
+        return os.path.join(self.output_dir, "model.keras")
+
+    @property
+    def metrics_path(self) -> str:
+        return os.path.join(self.output_dir, "metrics.json")
+
+    @property
+    def samples_path(self) -> str:
+        return os.path.join(self.output_dir, "ddpm_samples.png")
+
+
+def _fail(name, value, requirement):
+    raise ValueError(f"`{name}` {requirement}. Received: {name}={value!r}")
+
+
+def _check_int(config, name, minimum, allow_none=False):
+    value = getattr(config, name)
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(name, value, "must be an integer")
+    if value < minimum:
+        _fail(name, value, f"must be >= {minimum}")
+
+
+def _check_float(config, name, low, high, low_open=False):
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(name, value, "must be a number")
+    if not math.isfinite(value):
+        _fail(name, value, "must be finite")
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        interval = f"{'(' if low_open else '['}{low}, {high}]"
+        _fail(name, value, f"must be in {interval}")
+
+
+def _check_choice(config, name, choices):
+    value = getattr(config, name)
+    if value not in choices:
+        _fail(name, value, f"must be one of {list(choices)}")
+
+
+def _check_optional_str(config, name, allow_none=True):
+    value = getattr(config, name)
+    if value is None and allow_none:
+        return
+    if not isinstance(value, str) or not value:
+        _fail(name, value, "must be a non-empty string")
+
+
+def validate_config(config: DiffusionConfig) -> None:
+    """Checks every field; raises `ValueError` naming the first bad one."""
+    _check_optional_str(config, "preset", allow_none=False)
+    _check_optional_str(config, "dataset", allow_none=False)
+    _check_optional_str(config, "data_dir")
+    _check_optional_str(config, "manual_dir")
+    _check_optional_str(config, "output_dir", allow_none=False)
+    _check_int(config, "max_train_examples", 1, allow_none=True)
+    _check_int(config, "max_val_examples", 1, allow_none=True)
+    _check_int(config, "shuffle_buffer", 1)
+    _check_choice(config, "schedule", SCHEDULES)
+    _check_int(config, "timesteps", 2)
+    _check_float(config, "beta_start", 0.0, 1.0, low_open=True)
+    _check_float(config, "beta_end", 0.0, 1.0, low_open=True)
+    if config.beta_start > config.beta_end:
+        _fail("beta_start", config.beta_start, "must be <= beta_end")
+    _check_int(config, "base_channels", 1)
+    multipliers = config.channel_multipliers
+    if not multipliers or any(
+        isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in multipliers
+    ):
+        _fail(
+            "channel_multipliers",
+            multipliers,
+            "must be a non-empty sequence of positive integers",
+        )
+    _check_int(config, "num_res_blocks", 1)
+    if not isinstance(config.attention, bool):
+        _fail("attention", config.attention, "must be True or False")
+    _check_int(config, "norm_groups", 1)
+    for multiplier in multipliers:
+        if (config.base_channels * multiplier) % config.norm_groups:
+            _fail(
+                "norm_groups",
+                config.norm_groups,
+                "must divide base_channels * every channel multiplier "
+                f"(base_channels={config.base_channels}, "
+                f"channel_multipliers={multipliers})",
+            )
+    _check_int(config, "batch_size", 1)
+    _check_int(config, "epochs", 1)
+    _check_float(config, "learning_rate", 0.0, 1.0, low_open=True)
+    _check_float(config, "ema_decay", 0.0, 1.0)
+    _check_int(config, "seed", 0)
+    _check_int(config, "sample_every", 0)
+    _check_int(config, "num_samples", 1)
+    _check_choice(config, "sampler", SAMPLERS)
+    _check_int(config, "sample_steps", 1)
+    if config.sample_steps > config.timesteps:
+        _fail(
+            "sample_steps",
+            config.sample_steps,
+            f"must be <= timesteps ({config.timesteps})",
+        )
+    _check_float(config, "eta", 0.0, 1.0)
+
+
+# Presets. `smoke` runs in seconds for tests; `cpu` takes about 30 minutes on
+# 2 CPU cores and already draws recognisable garments; `default` is the full
+# run for a GPU.
+PRESETS = {
+    "smoke": dict(
+        max_train_examples=256,
+        max_val_examples=64,
+        base_channels=8,
+        channel_multipliers=(1, 2),
+        num_res_blocks=1,
+        attention=False,
+        norm_groups=4,
+        batch_size=32,
+        epochs=2,
+        learning_rate=1e-3,
+        ema_decay=0.9,
+        sample_every=1,
+        num_samples=16,
+        sample_steps=5,
+    ),
+    "cpu": dict(
+        max_val_examples=2_000,
+        base_channels=32,
+        channel_multipliers=(1, 2, 2),
+        num_res_blocks=1,
+        attention=True,
+        norm_groups=8,
+        batch_size=64,
+        epochs=4,
+        learning_rate=1e-3,
+        ema_decay=0.995,
+        sample_every=1,
+        num_samples=36,
+        sample_steps=50,
+    ),
+    "default": dict(),
+}
+
+
+def detect_preset() -> tuple[str, str]:
+    """Picks the preset that fits this machine.
+
+    Returns:
+        The preset name and a sentence saying why it was chosen.
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return "default", f"{len(gpus)} GPU(s) visible"
+    return "cpu", "no GPU is visible"
+
+
+def get_config(preset: str | None = None, **overrides) -> DiffusionConfig:
+    """Builds a validated config from a preset plus field overrides.
+
+    Args:
+        preset: `"smoke"`, `"cpu"` or `"default"`. `None` picks the preset
+            that fits the machine (see `detect_preset`) and logs which.
+        **overrides: Field values that replace the preset's. `None` values
+            are ignored, so argparse results can be passed straight through.
+
+    Returns:
+        A `DiffusionConfig`.
+    """
+    if preset is None:
+        preset, reason = detect_preset()
+        print(f"No preset named; using '{preset}' because {reason}.")
+    if preset not in PRESETS:
+        raise ValueError(
+            f"Unknown preset. Expected one of {sorted(PRESETS)}. "
+            f"Received: preset={preset!r}"
+        )
+    fields = {f.name for f in dataclasses.fields(DiffusionConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(
+            f"Unknown config field(s) {unknown}. Received: {overrides}"
+        )
+    values = dict(PRESETS[preset], preset=preset)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return DiffusionConfig(**values)
+
+
+def get_strategy():
+    """Returns the active `tf.distribute.Strategy`.
+
+    Single device for now: TensorFlow's default strategy, unless the caller
+    has entered another strategy's scope.
+    """
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy()

@@ -1,0 +1,150 @@
+"""Input pipeline: a TFDS image dataset as `tf.data`, scaled to [-1, 1].
+
+Fashion-MNIST by default; any TFDS dataset with a fixed-shape `image`
+feature works by name. Offline, point `manual_dir` at the dataset's original
+download files (TFDS `DownloadConfig(manual_dir=...)`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+# The original files TFDS expects for the datasets we document offline use for.
+MANUAL_FILES = {
+    "fashion_mnist": (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ),
+}
+MANUAL_FILES["mnist"] = MANUAL_FILES["fashion_mnist"]
+
+
+class DataUnavailableError(RuntimeError):
+    """The dataset could be neither downloaded nor read from `manual_dir`."""
+
+
+def check_manual_dir(dataset, manual_dir):
+    """Fails early, listing the expected files, if `manual_dir` cannot work."""
+    expected = MANUAL_FILES.get(dataset)
+    if not os.path.isdir(manual_dir):
+        hint = f" It should hold: {', '.join(expected)}." if expected else ""
+        raise DataUnavailableError(
+            f"`manual_dir` is not a directory.{hint} Received: manual_dir={manual_dir!r}"
+        )
+    if expected:
+        missing = [name for name in expected if not os.path.isfile(os.path.join(manual_dir, name))]
+        if missing:
+            raise DataUnavailableError(
+                f"`manual_dir` lacks {len(missing)} of the {len(expected)} original "
+                f"{dataset} files: {', '.join(missing)}. Expected all of: "
+                f"{', '.join(expected)}. Received: manual_dir={manual_dir!r}"
+            )
+
+
+def prepare_builder(dataset, data_dir=None, manual_dir=None):
+    """Returns a prepared TFDS builder for an image dataset.
+
+    Raises:
+        ValueError: Unknown dataset, or one without a fixed-shape `image`.
+        DataUnavailableError: The data can be neither downloaded nor read
+            from `manual_dir`; the message says how to fix it.
+    """
+    if manual_dir is not None:
+        check_manual_dir(dataset, manual_dir)
+    try:
+        builder = tfds.builder(dataset, data_dir=data_dir)
+    except Exception as error:  # TFDS raises DatasetNotFoundError and others.
+        raise ValueError(
+            f"Unknown TFDS dataset: {error}. Received: dataset={dataset!r}"
+        ) from error
+    features = builder.info.features
+    is_dict = isinstance(features, tfds.features.FeaturesDict)
+    image_feature = features["image"] if is_dict and "image" in features.keys() else None
+    if not isinstance(image_feature, tfds.features.Image):
+        raise ValueError(
+            "The dataset has no `image` feature, so it is not an image dataset. "
+            f"Received: dataset={dataset!r}"
+        )
+    if None in tuple(image_feature.shape):
+        raise ValueError(
+            "Images of a fixed (height, width, channels) shape are needed; this "
+            f"dataset's shape is {tuple(image_feature.shape)}. "
+            f"Received: dataset={dataset!r}"
+        )
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    try:
+        builder.download_and_prepare(download_config=download_config)
+    except Exception as error:
+        raise DataUnavailableError(
+            f"Could not download or prepare {dataset!r} ({type(error).__name__}: "
+            f"{error}). Without internet, pass manual_dir (CLI: --manual-dir) "
+            "pointing at a folder with the dataset's original download files"
+            + (
+                f" ({', '.join(MANUAL_FILES[dataset])})"
+                if dataset in MANUAL_FILES
+                else ""
+            )
+            + f". Received: manual_dir={manual_dir!r}, data_dir={data_dir!r}"
+        ) from error
+    return builder
+
+
+def _split(name, max_examples):
+    return name if max_examples is None else f"{name}[:{max_examples}]"
+
+
+def _to_unit_range(example):
+    # uint8 [0, 255] -> float32 [-1, 1], the range the diffusion works in.
+    return tf.cast(example["image"], tf.float32) / 127.5 - 1.0
+
+
+def load_dataset(config):
+    """Builds the training and validation pipelines for a `DiffusionConfig`.
+
+    Returns:
+        `(train_ds, val_ds, image_shape)`: datasets of float32 image batches
+        in [-1, 1] (train split for training, test split for validation) and
+        the `(H, W, C)` shape read from the data.
+    """
+    builder = prepare_builder(config.dataset, config.data_dir, config.manual_dir)
+    image_shape = tuple(int(d) for d in builder.info.features["image"].shape)
+    splits = builder.info.splits
+    val_split = next((name for name in ("test", "validation") if name in splits), None)
+    if "train" not in splits or val_split is None:
+        raise ValueError(
+            "The dataset needs a 'train' split and a 'test' or 'validation' split. "
+            f"Received: dataset={config.dataset!r} with splits {sorted(splits)}"
+        )
+    num_train = splits["train"].num_examples
+    if config.max_train_examples is not None:
+        num_train = min(num_train, config.max_train_examples)
+    if num_train < config.batch_size:
+        raise ValueError(
+            f"`batch_size` exceeds the {num_train} training images, so an epoch "
+            f"would have no full batch. Received: batch_size={config.batch_size}"
+        )
+    # Seeded file order so that a seed gives the same data order.
+    read_config = tfds.ReadConfig(shuffle_seed=config.seed)
+    train_ds = builder.as_dataset(
+        split=_split("train", config.max_train_examples), read_config=read_config
+    )
+    val_ds = builder.as_dataset(split=_split(val_split, config.max_val_examples))
+    train_ds = (
+        train_ds.map(_to_unit_range, num_parallel_calls=tf.data.AUTOTUNE)
+        .cache()
+        .shuffle(config.shuffle_buffer, seed=config.seed)
+        .batch(config.batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    val_ds = (
+        val_ds.map(_to_unit_range, num_parallel_calls=tf.data.AUTOTUNE)
+        .cache()
+        .batch(config.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return train_ds, val_ds, image_shape

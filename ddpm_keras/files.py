@@ -1,0 +1,122 @@
+"""Writing artifacts safely: every file goes to a temporary name, then is renamed.
+
+A killed process therefore leaves either the old file or the new one, never
+a truncated one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+
+
+def ensure_writable_dir(path):
+    """Creates `path` if needed and checks that files can be written in it.
+
+    Raises:
+        ValueError: `path` is a file, or cannot be created or written to.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"The output directory is a file. Received: output_dir={path!r}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"The output directory is not writable ({error.strerror}). "
+            f"Received: output_dir={path!r}"
+        ) from error
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside `path`; renames it to `path` on success.
+
+    The temporary name keeps `path`'s extension, because some writers (Keras'
+    `model.save`, matplotlib) choose the format from it. On error the
+    temporary file is removed and `path` is untouched.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    _, extension = os.path.splitext(path)
+    handle, temporary = tempfile.mkstemp(
+        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=f".tmp{extension}"
+    )
+    os.close(handle)
+    os.remove(temporary)  # Some writers refuse to overwrite; let them create it.
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_json(path, data):
+    """Writes `data` as indented JSON, atomically."""
+    with atomic_path(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as file:
+            json.dump(data, file, indent=2)
+            file.write("\n")
+            file.flush()
+            os.fsync(file.fileno())
+
+
+def save_model(model, path):
+    """`model.save(path)`, atomically. `path` must end in `.keras`."""
+    if not os.fspath(path).endswith(".keras"):
+        raise ValueError(f"A model path must end in '.keras'. Received: path={path!r}")
+    with atomic_path(path) as temporary:
+        model.save(temporary)
+
+
+def save_image_grid(images, path, title=None, columns=None):
+    """Saves images `[N, H, W, C]` in [0, 1] as one PNG grid, atomically.
+
+    Args:
+        images: Float array in [0, 1]; C is 1 (grey) or 3 (RGB).
+        path: Output `.png` path.
+        title: Optional figure title.
+        columns: Grid columns; default: the square root of N, rounded up.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            "Images must be [N, H, W, C] with C = 1 or 3. "
+            f"Received: images.shape={images.shape}"
+        )
+    count = images.shape[0]
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(columns * 1.0, rows * 1.0 + (0.4 if title else 0.0)),
+        squeeze=False,
+    )
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index < count:
+            image = images[index]
+            if image.shape[-1] == 1:
+                axis.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+            else:
+                axis.imshow(np.clip(image, 0.0, 1.0))
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout(pad=0.2)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,285 @@
+"""`DiffusionModel`: a `keras.Model` that trains a noise predictor and samples.
+
+Users drive it the Keras way: `compile(optimizer=...)`, `fit`, `evaluate`,
+`save` / `keras.models.load_model`, then `generate`.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ddpm_keras.samplers import get_sampler
+from ddpm_keras.schedule import NoiseSchedule
+
+# Initial noise and per-step noise use distinct stateless seed streams.
+_INITIAL_NOISE_STREAM = -1
+
+
+@keras.saving.register_keras_serializable(package="ddpm_keras")
+class DiffusionModel(keras.Model):
+    """Denoising diffusion probabilistic model (Ho et al. 2020).
+
+    Trains `network` to predict the noise added by `schedule` (the "simple"
+    epsilon loss, eq. 14) at uniformly drawn timesteps, keeps an exponential
+    moving average (EMA) of its weights in `ema_network`, and samples with
+    the EMA weights.
+
+    Args:
+        network: A Keras model mapping `[noisy_images, timesteps]` to predicted
+            noise of the images' shape (see `build_unet`).
+        schedule: The `NoiseSchedule`.
+        ema_decay: EMA decay in [0, 1] (e.g. 0.999).
+        ema_network: The EMA copy of `network`. `None` clones `network`
+            (weights included); given when loading a saved model.
+    """
+
+    def __init__(self, network, schedule, ema_decay=0.999, ema_network=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(network, keras.Model):
+            raise ValueError(
+                f"`network` must be a keras.Model. Received: network={network!r}"
+            )
+        if not isinstance(schedule, NoiseSchedule):
+            raise ValueError(
+                f"`schedule` must be a NoiseSchedule. Received: schedule={schedule!r}"
+            )
+        if isinstance(ema_decay, bool) or not 0.0 <= ema_decay <= 1.0:
+            raise ValueError(
+                f"`ema_decay` must be in [0, 1]. Received: ema_decay={ema_decay!r}"
+            )
+        image_shape = tuple(network.inputs[0].shape[1:])
+        if None in image_shape or len(image_shape) != 3:
+            raise ValueError(
+                "`network` must take images of a fixed (height, width, channels) "
+                f"shape. Received: network input shape={image_shape}"
+            )
+        self.network = network
+        self.schedule = schedule
+        self.ema_decay = float(ema_decay)
+        self.image_shape = image_shape
+        if ema_network is None:
+            ema_network = keras.models.clone_model(network)
+            ema_network.set_weights(network.get_weights())
+        # The EMA copy is updated by `_update_ema`, never by the optimizer.
+        ema_network.trainable = False
+        self.ema_network = ema_network
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self._sample_functions = {}
+        # The networks are functional and already built; building here keeps
+        # `fit` under a distribution strategy from tracing a symbolic build.
+        self.built = True
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def call(self, inputs, training=False):
+        """Predicts the noise in `[noisy_images, timesteps]`."""
+        return self.network(inputs, training=training)
+
+    # Training -------------------------------------------------------------
+
+    def _images_from(self, data):
+        images = data[0] if isinstance(data, (tuple, list)) else data
+        if isinstance(images, dict):
+            images = images["image"]
+        shape = tuple(images.shape[1:])
+        if shape != self.image_shape:
+            raise ValueError(
+                f"Images must have shape (batch, {', '.join(map(str, self.image_shape))}) "
+                f"to match the network. Received: images.shape={tuple(images.shape)}"
+            )
+        return tf.cast(images, "float32")
+
+    def _noise_prediction_losses(self, images, training):
+        """Per-example epsilon MSE at uniformly drawn t (Algorithm 1, eq. 14)."""
+        batch_size = tf.shape(images)[0]
+        # tf.random (not a Keras SeedGenerator) so that every replica draws its
+        # own timesteps and noise under tf.distribute.
+        timesteps = tf.random.uniform(
+            [batch_size], minval=0, maxval=self.schedule.timesteps, dtype=tf.int32
+        )
+        noises = tf.random.normal(tf.shape(images))
+        noisy_images = self.schedule.q_sample(images, timesteps, noises)
+        pred_noises = self.network([noisy_images, timesteps], training=training)
+        pred_noises = tf.cast(pred_noises, "float32")
+        return tf.reduce_mean(tf.square(noises - pred_noises), axis=[1, 2, 3])
+
+    def train_step(self, data):
+        images = self._images_from(data)
+        with tf.GradientTape() as tape:
+            per_example_losses = self._noise_prediction_losses(images, training=True)
+            # Sum / global batch size: Keras sums gradients over replicas, so
+            # this gives the gradient of the global mean.
+            loss = tf.nn.compute_average_loss(per_example_losses)
+            # Loss scaling for mixed_float16 (no-op otherwise).
+            scaled_loss = self.optimizer.scale_loss(loss)
+        trainable_weights = self.network.trainable_weights
+        gradients = tape.gradient(scaled_loss, trainable_weights)
+        self.optimizer.apply_gradients(zip(gradients, trainable_weights))
+        self._update_ema()
+        self.loss_tracker.update_state(per_example_losses)
+        return {"loss": self.loss_tracker.result()}
+
+    def test_step(self, data):
+        images = self._images_from(data)
+        per_example_losses = self._noise_prediction_losses(images, training=False)
+        self.loss_tracker.update_state(per_example_losses)
+        return {"loss": self.loss_tracker.result()}
+
+    def _update_ema(self):
+        decay = self.ema_decay
+        for ema_weight, weight in zip(self.ema_network.weights, self.network.weights):
+            ema_weight.assign(decay * ema_weight + (1.0 - decay) * weight)
+
+    # Sampling -------------------------------------------------------------
+
+    def _sample_function(self, sampler):
+        """One compiled graph per sampler configuration, reused across calls."""
+        key = (type(sampler).__name__, sampler.num_steps, getattr(sampler, "eta", None))
+        if key in self._sample_functions:
+            return self._sample_functions[key]
+
+        network = self.ema_network
+
+        @tf.function(reduce_retracing=True)
+        def sample(initial_noises, seed):
+            samples = initial_noises
+            batch_size = tf.shape(samples)[0]
+            for index in tf.range(sampler.num_steps):
+                timestep = tf.gather(sampler.timesteps, index)
+                pred_noises = network(
+                    [samples, tf.fill([batch_size], timestep)], training=False
+                )
+                pred_noises = tf.cast(pred_noises, "float32")
+                if sampler.uses_noise:
+                    noises = tf.random.stateless_normal(
+                        tf.shape(samples), seed=tf.stack([seed, tf.cast(index, tf.int64)])
+                    )
+                else:
+                    noises = tf.zeros_like(samples)
+                samples = sampler.step(pred_noises, index, samples, noises)
+            return samples
+
+        self._sample_functions[key] = sample
+        return sample
+
+    def generate(
+        self, num_images, steps=None, sampler="ddim", eta=0.0, seed=None, batch_size=64
+    ):
+        """Samples images with the EMA weights.
+
+        Args:
+            num_images: How many images, >= 1.
+            steps: Denoising steps, 1..T. `None`: 50 for `"ddim"`, T for
+                `"ddpm"` (which always runs all T steps).
+            sampler: `"ddim"` or `"ddpm"` (ancestral).
+            eta: DDIM noise level in [0, 1].
+            seed: Integer seed; the same seed gives the same images. `None`
+                draws a fresh one.
+            batch_size: Images per sampling batch.
+
+        Returns:
+            NumPy float32 array `[num_images, H, W, C]` in [0, 1].
+        """
+        for name, value in (("num_images", num_images), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
+        sampler = get_sampler(sampler, self.schedule, steps, eta)
+        if seed is None:
+            seed = int(np.random.default_rng().integers(0, 2**31 - 1))
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"`seed` must be an integer >= 0. Received: seed={seed!r}")
+        sample = self._sample_function(sampler)
+        batches = []
+        for batch_index, start in enumerate(range(0, num_images, batch_size)):
+            count = min(batch_size, num_images - start)
+            # One stateless seed stream per batch: results depend only on seed.
+            batch_seed = tf.constant(int(seed) * 1_000_003 + batch_index, tf.int64)
+            initial_noises = tf.random.stateless_normal(
+                (count,) + self.image_shape,
+                seed=tf.stack([batch_seed, tf.constant(_INITIAL_NOISE_STREAM, tf.int64)]),
+            )
+            batches.append(sample(initial_noises, batch_seed).numpy())
+        images = np.concatenate(batches, axis=0)
+        return np.clip((images + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
+
+    # Serialization --------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "network": keras.saving.serialize_keras_object(self.network),
+                "schedule": keras.saving.serialize_keras_object(self.schedule),
+                "ema_decay": self.ema_decay,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        network = keras.saving.deserialize_keras_object(config.pop("network"))
+        schedule = keras.saving.deserialize_keras_object(config.pop("schedule"))
+        # Saved weights (EMA included) are loaded after construction.
+        ema_network = keras.models.clone_model(network)
+        return cls(network=network, schedule=schedule, ema_network=ema_network, **config)
+
+
+def build_model(config, image_shape):
+    """Builds an uncompiled `DiffusionModel` from a `DiffusionConfig`.
+
+    Args:
+        config: A `DiffusionConfig`.
+        image_shape: `(H, W, C)` of the training images.
+    """
+    from ddpm_keras.unet import build_unet
+
+    network = build_unet(
+        image_shape,
+        base_channels=config.base_channels,
+        channel_multipliers=config.channel_multipliers,
+        num_res_blocks=config.num_res_blocks,
+        attention=config.attention,
+        norm_groups=config.norm_groups,
+    )
+    schedule = NoiseSchedule(
+        config.schedule, config.timesteps, config.beta_start, config.beta_end
+    )
+    return DiffusionModel(network, schedule, ema_decay=config.ema_decay)
+
+
+def load_diffusion_model(path):
+    """Loads a saved `DiffusionModel` (`.keras`) with a clear error on bad files.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: `path` is not a readable `.keras` file of a DiffusionModel.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No saved model at this path. Received: path={path!r}")
+    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
+        raise ValueError(
+            "Expected a `.keras` file written by `model.save`; this one is not "
+            f"a valid Keras archive (truncated or foreign?). Received: path={path!r}"
+        )
+    try:
+        model = keras.models.load_model(path)
+    except Exception as error:  # Keras raises many types for broken archives.
+        raise ValueError(
+            f"Could not load the model: {type(error).__name__}: {error}. "
+            f"Received: path={path!r}"
+        ) from error
+    if not isinstance(model, DiffusionModel):
+        raise ValueError(
+            "The file holds a Keras model, but not a DiffusionModel. "
+            f"Received: path={path!r} ({type(model).__name__})"
+        )
+    return model

@@ -1,0 +1,94 @@
+"""The high-level API: `train(config)` and `generate_samples(config, ...)`.
+
+`train` is the same compile/fit flow as `scripts/train.py`, as one call.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+
+from ddpm_keras.callbacks import default_callbacks
+from ddpm_keras.config import DiffusionConfig, get_strategy
+from ddpm_keras.data import load_dataset
+from ddpm_keras.files import ensure_writable_dir, save_image_grid, save_model, write_json
+from ddpm_keras.model import build_model, load_diffusion_model
+
+
+def start_run(config: DiffusionConfig):
+    """Prepares a run: checks the output dir, records the config, seeds.
+
+    Writes `<output_dir>/config.json` and seeds Python, NumPy and TensorFlow
+    with `config.seed`.
+    """
+    ensure_writable_dir(config.output_dir)
+    write_json(os.path.join(config.output_dir, "config.json"), config.to_dict())
+    keras.utils.set_random_seed(config.seed)
+
+
+def train(config: DiffusionConfig, callbacks=()) -> dict:
+    """Trains a `DiffusionModel` as `config` says and saves its artifacts.
+
+    Writes `checkpoints/`, `samples/`, `metrics.json`, `ddpm_samples.png` and
+    `model.keras` (EMA weights included) under `config.output_dir`. Re-running
+    after an interruption resumes from the last completed epoch.
+
+    Args:
+        config: A `DiffusionConfig`.
+        callbacks: Extra Keras callbacks, run after the default ones.
+
+    Returns:
+        The Keras history dict: metric name -> list of per-epoch values.
+    """
+    start_run(config)
+    train_ds, val_ds, image_shape = load_dataset(config)
+    with get_strategy().scope():
+        model = build_model(config, image_shape)
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        callbacks=default_callbacks(config) + list(callbacks),
+    )
+    save_model(model, config.model_path)
+    return history.history
+
+
+def generate_samples(
+    config: DiffusionConfig,
+    num_images=36,
+    output_path=None,
+    model_path=None,
+    steps=None,
+    sampler=None,
+    eta=None,
+    seed=None,
+):
+    """Samples from a trained model and saves the grid.
+
+    Args:
+        config: The `DiffusionConfig` of the run (for default paths and
+            sampler settings).
+        num_images: Number of images.
+        output_path: PNG path; default `config.samples_path`.
+        model_path: `.keras` model; default `config.model_path`.
+        steps, sampler, eta, seed: Override the config's sampling settings.
+
+    Returns:
+        NumPy array `[num_images, H, W, C]` in [0, 1].
+    """
+    sampler = sampler or config.sampler
+    if steps is None and sampler == "ddim":
+        steps = config.sample_steps
+    model = load_diffusion_model(model_path or config.model_path)
+    images = model.generate(
+        num_images,
+        steps=steps,
+        sampler=sampler,
+        eta=config.eta if eta is None else eta,
+        seed=config.seed if seed is None else seed,
+    )
+    save_image_grid(images, output_path or config.samples_path, title=f"{sampler} samples")
+    return images

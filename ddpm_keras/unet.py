@@ -1,0 +1,242 @@
+"""The denoising network: a Keras UNet that maps (noisy images, t) to noise.
+
+It knows nothing about diffusion beyond taking an integer timestep. Built
+from Keras layers and `keras.ops`, with three small registered custom layers,
+so that a saved model loads with Keras' default `safe_mode=True`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable(package="ddpm_keras")
+class SinusoidalEmbedding(layers.Layer):
+    """Transformer-style sinusoidal embedding of integer timesteps.
+
+    Args:
+        dim: Embedding size (even).
+        max_period: Longest wavelength, as in Vaswani et al. 2017.
+    """
+
+    def __init__(self, dim, max_period=10_000, **kwargs):
+        super().__init__(**kwargs)
+        if dim < 2 or dim % 2:
+            raise ValueError(f"`dim` must be even and >= 2. Received: dim={dim}")
+        self.dim = dim
+        self.max_period = max_period
+
+    def call(self, timesteps):
+        half = self.dim // 2
+        exponents = ops.arange(half, dtype="float32") / half
+        frequencies = ops.exp(-math.log(self.max_period) * exponents)
+        angles = ops.cast(ops.reshape(timesteps, (-1, 1)), "float32") * frequencies
+        embedding = ops.concatenate([ops.sin(angles), ops.cos(angles)], axis=-1)
+        return ops.cast(embedding, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.dim)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "max_period": self.max_period}
+
+
+@keras.saving.register_keras_serializable(package="ddpm_keras")
+class ResidualBlock(layers.Layer):
+    """GroupNorm-swish-conv twice, with the timestep embedding added between.
+
+    Called on `[features, time_embedding]`. A 1x1 convolution matches the
+    shortcut's channels when they change.
+
+    Args:
+        filters: Output channels.
+        groups: Groups of the GroupNormalization layers.
+    """
+
+    def __init__(self, filters, groups=8, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.groups = groups
+        self.norm1 = layers.GroupNormalization(groups, epsilon=1e-5)
+        self.conv1 = layers.Conv2D(filters, 3, padding="same")
+        self.time_projection = layers.Dense(filters)
+        self.norm2 = layers.GroupNormalization(groups, epsilon=1e-5)
+        # Zero-initialised last conv: each block starts as the identity.
+        self.conv2 = layers.Conv2D(filters, 3, padding="same", kernel_initializer="zeros")
+        self.shortcut = None
+
+    def build(self, input_shape):
+        features_shape, embedding_shape = input_shape
+        in_channels = features_shape[-1]
+        self.norm1.build(features_shape)
+        self.conv1.build(features_shape)
+        self.time_projection.build(embedding_shape)
+        out_shape = tuple(features_shape[:-1]) + (self.filters,)
+        self.norm2.build(out_shape)
+        self.conv2.build(out_shape)
+        if in_channels != self.filters:
+            self.shortcut = layers.Conv2D(self.filters, 1)
+            self.shortcut.build(features_shape)
+
+    def call(self, inputs):
+        features, time_embedding = inputs
+        hidden = self.conv1(ops.silu(self.norm1(features)))
+        time_bias = self.time_projection(ops.silu(time_embedding))
+        hidden = hidden + time_bias[:, None, None, :]
+        hidden = self.conv2(ops.silu(self.norm2(hidden)))
+        residual = self.shortcut(features) if self.shortcut is not None else features
+        return residual + hidden
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0][:-1]) + (self.filters,)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "groups": self.groups}
+
+
+@keras.saving.register_keras_serializable(package="ddpm_keras")
+class SelfAttention2D(layers.Layer):
+    """Single-head self-attention over all pixels, with a residual connection.
+
+    Args:
+        groups: Groups of the GroupNormalization before attention.
+    """
+
+    def __init__(self, groups=8, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = groups
+        self.norm = layers.GroupNormalization(groups, epsilon=1e-5)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.norm.build(input_shape)
+        self.query = layers.Dense(channels)
+        self.key = layers.Dense(channels)
+        self.value = layers.Dense(channels)
+        self.projection = layers.Dense(channels, kernel_initializer="zeros")
+        for dense in (self.query, self.key, self.value, self.projection):
+            dense.build(input_shape)
+
+    def call(self, features):
+        shape = ops.shape(features)
+        height, width, channels = shape[1], shape[2], features.shape[-1]
+        normed = self.norm(features)
+        tokens = ops.reshape(normed, (shape[0], height * width, channels))
+        query, key, value = self.query(tokens), self.key(tokens), self.value(tokens)
+        scores = ops.matmul(query, ops.transpose(key, (0, 2, 1)))
+        weights = ops.softmax(scores * (channels**-0.5), axis=-1)
+        attended = self.projection(ops.matmul(weights, value))
+        return features + ops.reshape(attended, shape)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "groups": self.groups}
+
+
+def build_unet(
+    image_shape,
+    base_channels=64,
+    channel_multipliers=(1, 2, 2),
+    num_res_blocks=2,
+    attention=True,
+    norm_groups=8,
+    name="unet",
+):
+    """Builds the noise-prediction UNet as a functional Keras model.
+
+    Inputs are `[noisy_images, timesteps]` (float `[B, H, W, C]` and int
+    `[B]`); the output is the predicted noise, float32, shaped like the images.
+
+    Args:
+        image_shape: `(H, W, C)`. H and W must be divisible by
+            `2 ** (len(channel_multipliers) - 1)`.
+        base_channels: Channels of the first level.
+        channel_multipliers: Channel multiplier per level; strided convolutions
+            halve the resolution between levels, transposed ones double it.
+        num_res_blocks: Residual blocks per level (the decoder has one more).
+        attention: Self-attention in the bottleneck (lowest resolution).
+        norm_groups: Groups of every GroupNormalization.
+        name: Model name.
+
+    Returns:
+        A `keras.Model`.
+    """
+    image_shape = tuple(int(d) for d in image_shape)
+    if len(image_shape) != 3 or min(image_shape) < 1:
+        raise ValueError(
+            "`image_shape` must be (height, width, channels) with positive "
+            f"sizes. Received: image_shape={image_shape}"
+        )
+    factor = 2 ** (len(channel_multipliers) - 1)
+    if image_shape[0] % factor or image_shape[1] % factor:
+        raise ValueError(
+            f"Image height and width must be divisible by {factor} for "
+            f"{len(channel_multipliers)} UNet levels. "
+            f"Received: image_shape={image_shape}, "
+            f"channel_multipliers={tuple(channel_multipliers)}"
+        )
+    for multiplier in channel_multipliers:
+        if (base_channels * multiplier) % norm_groups:
+            raise ValueError(
+                "`norm_groups` must divide every level's channels. "
+                f"Received: norm_groups={norm_groups}, "
+                f"base_channels={base_channels}, "
+                f"channel_multipliers={tuple(channel_multipliers)}"
+            )
+
+    noisy_images = keras.Input(shape=image_shape, name="noisy_images")
+    timesteps = keras.Input(shape=(), dtype="int32", name="timesteps")
+
+    embedding_dim = base_channels * 4
+    time_embedding = SinusoidalEmbedding(base_channels, name="time_sinusoidal")(timesteps)
+    time_embedding = layers.Dense(embedding_dim, activation="swish", name="time_dense1")(
+        time_embedding
+    )
+    time_embedding = layers.Dense(embedding_dim, name="time_dense2")(time_embedding)
+
+    x = layers.Conv2D(base_channels, 3, padding="same", name="conv_in")(noisy_images)
+    skips = [x]
+    last_level = len(channel_multipliers) - 1
+    for level, multiplier in enumerate(channel_multipliers):
+        for block in range(num_res_blocks):
+            x = ResidualBlock(
+                base_channels * multiplier, norm_groups, name=f"down{level}_res{block}"
+            )([x, time_embedding])
+            skips.append(x)
+        if level != last_level:
+            x = layers.Conv2D(
+                x.shape[-1], 3, strides=2, padding="same", name=f"down{level}_conv"
+            )(x)
+            skips.append(x)
+
+    bottleneck_channels = base_channels * channel_multipliers[-1]
+    x = ResidualBlock(bottleneck_channels, norm_groups, name="mid_res0")([x, time_embedding])
+    if attention:
+        x = SelfAttention2D(norm_groups, name="mid_attention")(x)
+    x = ResidualBlock(bottleneck_channels, norm_groups, name="mid_res1")([x, time_embedding])
+
+    for level in reversed(range(len(channel_multipliers))):
+        for block in range(num_res_blocks + 1):
+            x = layers.Concatenate(name=f"up{level}_concat{block}")([x, skips.pop()])
+            x = ResidualBlock(
+                base_channels * channel_multipliers[level],
+                norm_groups,
+                name=f"up{level}_res{block}",
+            )([x, time_embedding])
+        if level != 0:
+            x = layers.Conv2DTranspose(
+                x.shape[-1], 4, strides=2, padding="same", name=f"up{level}_upsample"
+            )(x)
+
+    x = layers.GroupNormalization(norm_groups, epsilon=1e-5, name="norm_out")(x)
+    x = layers.Activation("swish", name="swish_out")(x)
+    # float32 output so that the loss stays in float32 under mixed precision.
+    pred_noises = layers.Conv2D(
+        image_shape[-1], 3, padding="same", dtype="float32", name="conv_out"
+    )(x)
+    return keras.Model([noisy_images, timesteps], pred_noises, name=name)

@@ -1,0 +1,44 @@
+"""Train a DDPM the Keras way: flags -> config -> dataset -> model -> compile -> fit.
+
+Copy this script to start your own: add Keras callbacks to `callbacks`,
+swap the optimizer, change the config. Run `python scripts/train.py --help`.
+"""
+
+import sys
+
+import keras
+
+from ddpm_keras.callbacks import default_callbacks
+from ddpm_keras.cli import config_from_args, train_parser, user_errors_exit
+from ddpm_keras.config import get_strategy
+from ddpm_keras.data import load_dataset
+from ddpm_keras.files import save_model
+from ddpm_keras.model import build_model
+from ddpm_keras.training import start_run
+
+
+@user_errors_exit
+def main(argv=None):
+    config = config_from_args(train_parser().parse_args(argv))
+    print(f"Preset '{config.preset}', writing to {config.output_dir}")
+    start_run(config)  # checks the output dir, writes config.json, seeds
+
+    train_ds, val_ds, image_shape = load_dataset(config)
+    with get_strategy().scope():
+        model = build_model(config, image_shape)
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+
+    callbacks = default_callbacks(config) + [
+        keras.callbacks.CSVLogger(f"{config.output_dir}/history.csv", append=True),
+        # Your own callbacks go here, e.g. keras.callbacks.TensorBoard(...).
+    ]
+    model.fit(
+        train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks
+    )
+    save_model(model, config.model_path)  # final model, EMA weights included
+    print(f"Saved {config.model_path}, {config.samples_path}, {config.metrics_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
