@@ -6,6 +6,7 @@ Users drive it the Keras way: `compile(optimizer=...)`, `fit`, `evaluate`,
 
 from __future__ import annotations
 
+import copy
 import os
 import zipfile
 
@@ -18,6 +19,37 @@ from ddpm_keras.schedule import NoiseSchedule
 
 # Initial noise and per-step noise use distinct stateless seed streams.
 _INITIAL_NOISE_STREAM = -1
+
+
+def sample_loop(denoise, sampler, initial_noises, seed):
+    """Runs `sampler` from `initial_noises` down to x_0.
+
+    Call it inside `tf.function`: the loop then becomes one graph
+    (`tf.while_loop`) rather than a Python loop of eager calls.
+
+    Args:
+        denoise: `denoise(samples, timesteps) -> predicted noise`.
+        sampler: A `Sampler`.
+        initial_noises: x_T, float32 `[B, H, W, C]`.
+        seed: int64 scalar; step i draws its noise from the stateless seed
+            `(seed, i)`, so the result depends on nothing else.
+
+    Returns:
+        The final samples, float32, roughly in [-1, 1].
+    """
+    samples = initial_noises
+    batch_size = tf.shape(samples)[0]
+    for index in tf.range(sampler.num_steps):
+        timestep = tf.gather(sampler.timesteps, index)
+        pred_noises = tf.cast(denoise(samples, tf.fill([batch_size], timestep)), "float32")
+        if sampler.uses_noise:
+            step_seed = tf.stack([seed, tf.cast(index, tf.int64)])
+            noises = tf.random.stateless_normal(tf.shape(samples), seed=step_seed)
+        else:
+            noises = tf.zeros_like(samples)
+        # Keep the static shape: the step's broadcasting loses the batch size.
+        samples = tf.ensure_shape(sampler.step(pred_noises, index, samples, noises), samples.shape)
+    return samples
 
 
 @keras.saving.register_keras_serializable(package="ddpm_keras")
@@ -142,32 +174,18 @@ class DiffusionModel(keras.Model):
     def _sample_function(self, sampler):
         """One compiled graph per sampler configuration, reused across calls."""
         key = (type(sampler).__name__, sampler.num_steps, getattr(sampler, "eta", None))
-        if key in self._sample_functions:
-            return self._sample_functions[key]
+        if key not in self._sample_functions:
+            network = self.ema_network
 
-        network = self.ema_network
+            def denoise(samples, timesteps):
+                return network([samples, timesteps], training=False)
 
-        @tf.function(reduce_retracing=True)
-        def sample(initial_noises, seed):
-            samples = initial_noises
-            batch_size = tf.shape(samples)[0]
-            for index in tf.range(sampler.num_steps):
-                timestep = tf.gather(sampler.timesteps, index)
-                pred_noises = network(
-                    [samples, tf.fill([batch_size], timestep)], training=False
+            self._sample_functions[key] = tf.function(
+                lambda initial_noises, seed: sample_loop(
+                    denoise, sampler, initial_noises, seed
                 )
-                pred_noises = tf.cast(pred_noises, "float32")
-                if sampler.uses_noise:
-                    noises = tf.random.stateless_normal(
-                        tf.shape(samples), seed=tf.stack([seed, tf.cast(index, tf.int64)])
-                    )
-                else:
-                    noises = tf.zeros_like(samples)
-                samples = sampler.step(pred_noises, index, samples, noises)
-            return samples
-
-        self._sample_functions[key] = sample
-        return sample
+            )
+        return self._sample_functions[key]
 
     def generate(
         self, num_images, steps=None, sampler="ddim", eta=0.0, seed=None, batch_size=64
@@ -224,7 +242,8 @@ class DiffusionModel(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        # Deep copy: deserialization consumes the nested dicts it is given.
+        config = copy.deepcopy(config)
         network = keras.saving.deserialize_keras_object(config.pop("network"))
         schedule = keras.saving.deserialize_keras_object(config.pop("schedule"))
         # Saved weights (EMA included) are loaded after construction.

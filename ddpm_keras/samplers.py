@@ -19,6 +19,19 @@ from ddpm_keras.schedule import NoiseSchedule
 SAMPLER_NAMES = ("ddim", "ddpm")
 
 
+def check_steps(value, timesteps, name="num_steps"):
+    """Raises `ValueError` unless `value` is an integer in [1, timesteps]."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or not 1 <= value <= timesteps
+    ):
+        raise ValueError(
+            f"`{name}` must be an integer in [1, {timesteps}] (the schedule's T). "
+            f"Received: {name}={value!r}"
+        )
+
+
 def _take(table, index):
     return ops.take(ops.convert_to_tensor(table, dtype="float32"), index)
 
@@ -35,15 +48,7 @@ class Sampler:
                 "`schedule` must be a NoiseSchedule. "
                 f"Received: schedule={schedule!r}"
             )
-        if (
-            isinstance(num_steps, bool)
-            or not isinstance(num_steps, (int, np.integer))
-            or not 1 <= num_steps <= schedule.timesteps
-        ):
-            raise ValueError(
-                f"`num_steps` must be an integer in [1, {schedule.timesteps}] "
-                f"(the schedule's T). Received: num_steps={num_steps!r}"
-            )
+        check_steps(num_steps, schedule.timesteps)
         self.schedule = schedule
         self.num_steps = int(num_steps)
         self.clip_denoised = clip_denoised
@@ -140,24 +145,26 @@ class DDIMSampler(Sampler):
         return prev_sample
 
 
-def get_sampler(name, schedule, num_steps=None, eta=0.0):
+def get_sampler(name, schedule, steps=None, eta=0.0):
     """Builds a sampler by name.
 
     Args:
         name: `"ddim"` or `"ddpm"`.
         schedule: The `NoiseSchedule`.
-        num_steps: Steps; `None` means 50 for DDIM and T for DDPM.
+        steps: Steps; `None` means 50 for DDIM and T for DDPM.
         eta: DDIM's eta in [0, 1]; must be 0 (the default) for `"ddpm"`.
     """
+    if steps is not None:
+        check_steps(steps, schedule.timesteps, name="steps")
     if name == "ddim":
-        return DDIMSampler(schedule, 50 if num_steps is None else num_steps, eta)
+        return DDIMSampler(schedule, 50 if steps is None else steps, eta)
     if name == "ddpm":
         if eta != 0.0:
             raise ValueError(
                 "`eta` applies to the 'ddim' sampler only. "
                 f"Received: eta={eta!r} with sampler='ddpm'"
             )
-        return DDPMSampler(schedule, num_steps)
+        return DDPMSampler(schedule, steps)
     raise ValueError(
         f"Unknown sampler. Expected one of {list(SAMPLER_NAMES)}. "
         f"Received: sampler={name!r}"

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny networks and the local Fashion-MNIST files."""
+
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def fashion_mnist_dir():
+    """The four original Fashion-MNIST files: $DDPM_FASHION_MNIST_DIR or ../shared."""
+    configured = os.environ.get("DDPM_FASHION_MNIST_DIR")
+    if configured:
+        return pathlib.Path(configured)
+    return REPO_ROOT.parent / "shared" / "data" / "fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def manual_dir():
+    path = fashion_mnist_dir()
+    if not (path / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(
+            f"Fashion-MNIST files not found at {path}; set DDPM_FASHION_MNIST_DIR"
+        )
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tfds_data_dir(tmp_path_factory):
+    """A TFDS data dir shared by the session ($DDPM_TFDS_DATA_DIR reuses one)."""
+    return os.environ.get("DDPM_TFDS_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture
+def tiny_network():
+    from ddpm_keras.unet import build_unet
+
+    return build_unet(
+        (8, 8, 1),
+        base_channels=8,
+        channel_multipliers=(1, 2),
+        num_res_blocks=1,
+        attention=True,
+        norm_groups=4,
+    )
+
+
+@pytest.fixture
+def tiny_model(tiny_network):
+    from ddpm_keras.model import DiffusionModel
+    from ddpm_keras.schedule import NoiseSchedule
+
+    return DiffusionModel(tiny_network, NoiseSchedule("linear", timesteps=100), ema_decay=0.9)

@@ -1,0 +1,199 @@
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from ddpm_keras.files import save_model
+from ddpm_keras.model import DiffusionModel, load_diffusion_model
+from ddpm_keras.schedule import NoiseSchedule
+
+from .conftest import REPO_ROOT
+
+
+@pytest.fixture
+def images():
+    # A fixed tiny batch: two smooth patterns in [-1, 1].
+    grid = np.linspace(-1, 1, 8, dtype=np.float32)
+    pattern = np.outer(grid, grid)[None, :, :, None]
+    return np.concatenate([pattern, -pattern] * 8, axis=0)
+
+
+def compiled(model, learning_rate=3e-3):
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    return model
+
+
+def test_train_step_drives_loss_down(tiny_model, images):
+    keras.utils.set_random_seed(0)
+    model = compiled(tiny_model)
+    first = model.evaluate(images, batch_size=16, verbose=0)
+    history = model.fit(images, batch_size=16, epochs=60, verbose=0)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses))
+    assert np.mean(losses[-10:]) < 0.5 * first, (first, losses[-10:])
+
+
+def test_test_step_changes_no_weights(tiny_model, images):
+    model = compiled(tiny_model)
+    model.fit(images, batch_size=16, epochs=1, verbose=0)  # build the optimizer
+    before = [w.copy() for w in model.get_weights()]
+    loss = model.evaluate(images, batch_size=16, verbose=0)
+    assert np.isfinite(loss) and loss > 0
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_ema_follows_weights(tiny_model, images):
+    model = compiled(tiny_model)
+    ema_before = [w.copy() for w in model.ema_network.get_weights()]
+    model.fit(images, batch_size=16, epochs=1, verbose=0)  # one step
+    decay = model.ema_decay
+    for ema_old, weight, ema_new in zip(
+        ema_before, model.network.get_weights(), model.ema_network.get_weights()
+    ):
+        np.testing.assert_allclose(ema_new, decay * ema_old + (1 - decay) * weight, atol=1e-6)
+    assert not model.ema_network.trainable
+    assert len(model.trainable_weights) == len(model.network.trainable_weights)
+
+
+def test_train_step_scales_loss_through_optimizer(tiny_model, images):
+    """Loss scaling (mixed_float16) must reach the gradients: scale_loss is called."""
+    calls = []
+
+    class RecordingAdam(keras.optimizers.Adam):
+        def scale_loss(self, loss):
+            calls.append(loss)
+            return super().scale_loss(loss)
+
+    tiny_model.compile(optimizer=RecordingAdam(1e-3), run_eagerly=True)
+    tiny_model.fit(images[:4], batch_size=4, epochs=1, verbose=0)
+    assert len(calls) == 1
+
+
+def test_generate_shape_range_and_seed(tiny_model):
+    first = tiny_model.generate(5, steps=4, seed=7, batch_size=2)
+    assert first.shape == (5, 8, 8, 1) and first.dtype == np.float32
+    assert first.min() >= 0.0 and first.max() <= 1.0
+    np.testing.assert_array_equal(first, tiny_model.generate(5, steps=4, seed=7, batch_size=2))
+    assert not np.array_equal(first, tiny_model.generate(5, steps=4, seed=8, batch_size=2))
+    stochastic = tiny_model.generate(3, steps=4, eta=1.0, seed=7)
+    np.testing.assert_array_equal(stochastic, tiny_model.generate(3, steps=4, eta=1.0, seed=7))
+    ancestral = tiny_model.generate(2, sampler="ddpm", seed=1)
+    assert ancestral.shape == (2, 8, 8, 1)
+
+
+def test_generate_reuses_one_graph_per_sampler(tiny_model):
+    tiny_model.generate(2, steps=3, seed=0)
+    tiny_model.generate(4, steps=3, seed=1)
+    tiny_model.generate(2, steps=5, seed=0)
+    assert len(tiny_model._sample_functions) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_images": 0}, "num_images=0"),
+        ({"num_images": 2, "steps": 0}, "steps=0"),
+        ({"num_images": 2, "steps": 101}, "steps=101"),
+        ({"num_images": 2, "eta": 2.0}, "eta=2.0"),
+        ({"num_images": 2, "sampler": "plms"}, "sampler='plms'"),
+        ({"num_images": 2, "seed": -1}, "seed=-1"),
+        ({"num_images": 2, "batch_size": 0}, "batch_size=0"),
+    ],
+)
+def test_generate_rejects_bad_arguments(tiny_model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model.generate(**kwargs)
+
+
+def test_wrong_image_shape_is_rejected(tiny_model):
+    model = compiled(tiny_model)
+    wrong = np.zeros((4, 8, 8, 3), np.float32)
+    with pytest.raises(ValueError, match=r"Images must have shape \(batch, 8, 8, 1\)"):
+        model.fit(wrong, batch_size=4, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"network": "unet"}, "network='unet'"),
+        ({"schedule": "linear"}, "schedule='linear'"),
+        ({"ema_decay": 1.5}, "ema_decay=1.5"),
+    ],
+)
+def test_constructor_rejects_bad_arguments(tiny_network, kwargs, message):
+    arguments = {"network": tiny_network, "schedule": NoiseSchedule(timesteps=10)}
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        DiffusionModel(**arguments)
+
+
+def test_get_config_round_trip(tiny_model):
+    config = json.loads(json.dumps(tiny_model.get_config()))  # as stored in a .keras file
+    restored = DiffusionModel.from_config(config)
+    assert json.loads(json.dumps(restored.get_config())) == config
+    assert restored.image_shape == tiny_model.image_shape
+    assert restored.schedule.get_config() == tiny_model.schedule.get_config()
+
+
+LOAD_AND_SAMPLE = """
+import sys, numpy as np, keras
+from ddpm_keras.model import DiffusionModel
+model = keras.models.load_model(sys.argv[1])  # default safe_mode=True
+assert isinstance(model, DiffusionModel), type(model)
+np.save(sys.argv[2], model.generate(4, steps=5, seed=11))
+np.savez(sys.argv[3], *model.ema_network.get_weights())
+"""
+
+
+def test_save_then_load_in_new_process(tiny_model, images, tmp_path):
+    model = compiled(tiny_model)
+    model.fit(images, batch_size=16, epochs=2, verbose=0)
+    # EMA and training weights differ after training; the EMA ones must be saved.
+    assert any(
+        not np.allclose(a, b)
+        for a, b in zip(model.network.get_weights(), model.ema_network.get_weights())
+    )
+    path = tmp_path / "model.keras"
+    save_model(model, path)
+    expected = model.generate(4, steps=5, seed=11)
+
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    outputs = tmp_path / "generated.npy", tmp_path / "ema.npz"
+    subprocess.run(
+        [sys.executable, "-c", LOAD_AND_SAMPLE, str(path), *map(str, outputs)],
+        check=True,
+        env=env,
+        timeout=300,
+    )
+    np.testing.assert_array_equal(np.load(outputs[0]), expected)
+    loaded_ema = np.load(outputs[1])
+    for index, weight in enumerate(model.ema_network.get_weights()):
+        np.testing.assert_array_equal(loaded_ema[f"arr_{index}"], weight)
+
+
+def test_load_errors_are_clear(tiny_network, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.keras"):
+        load_diffusion_model(tmp_path / "missing.keras")
+
+    truncated = tmp_path / "truncated.keras"
+    model = DiffusionModel(tiny_network, NoiseSchedule(timesteps=10))
+    save_model(model, tmp_path / "good.keras")
+    truncated.write_bytes((tmp_path / "good.keras").read_bytes()[:2000])
+    with pytest.raises(ValueError, match="truncated.keras"):
+        load_diffusion_model(truncated)
+
+    foreign = tmp_path / "foreign.keras"
+    plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    plain.save(foreign)
+    with pytest.raises(ValueError, match="not a DiffusionModel"):
+        load_diffusion_model(foreign)
+
+    text = tmp_path / "notes.keras"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="notes.keras"):
+        load_diffusion_model(text)
