@@ -59,8 +59,10 @@ def prepare_builder(dataset, data_dir=None, manual_dir=None):
     try:
         builder = tfds.builder(dataset, data_dir=data_dir)
     except Exception as error:  # TFDS raises DatasetNotFoundError and others.
+        # TFDS appends the list of all its datasets; keep the first line.
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(
-            f"Unknown TFDS dataset: {error}. Received: dataset={dataset!r}"
+            f"Unknown TFDS dataset ({reason}). Received: dataset={dataset!r}"
         ) from error
     features = builder.info.features
     is_dict = isinstance(features, tfds.features.FeaturesDict)

@@ -1,0 +1,82 @@
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from ddpm_keras.callbacks import MetricsJSON, ModelCheckpoints, SampleGrid, default_callbacks
+from ddpm_keras.config import get_config
+from ddpm_keras.model import load_diffusion_model
+
+
+@pytest.fixture
+def images():
+    return np.random.default_rng(0).uniform(-1, 1, (32, 8, 8, 1)).astype(np.float32)
+
+
+def test_our_callbacks_beside_plain_keras_ones(tiny_model, images, tmp_path):
+    tiny_model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    seen_epochs = []
+    callbacks = [
+        ModelCheckpoints(tmp_path / "checkpoints"),
+        MetricsJSON(tmp_path / "metrics.json"),
+        SampleGrid(tmp_path / "samples", tmp_path / "final.png", every=2, num_images=4, steps=3),
+        keras.callbacks.CSVLogger(str(tmp_path / "history.csv")),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=10),
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen_epochs.append(epoch)),
+    ]
+    tiny_model.fit(
+        images, validation_data=images[:16], batch_size=16, epochs=3, callbacks=callbacks,
+        verbose=0,
+    )
+    assert seen_epochs == [0, 1, 2]
+
+    records = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for record in records:
+        assert {"loss", "val_loss", "learning_rate", "time_s"} <= set(record)
+        assert record["learning_rate"] == pytest.approx(1e-3)
+        assert record["time_s"] > 0
+    with open(tmp_path / "history.csv") as file:
+        assert len(list(csv.DictReader(file))) == 3
+
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["epoch_002.png"]
+    assert (tmp_path / "final.png").read_bytes()[:4] == b"\x89PNG"
+
+    best_val = min(r["val_loss"] for r in records)
+    last = load_diffusion_model(tmp_path / "checkpoints" / "last.keras")
+    best = load_diffusion_model(tmp_path / "checkpoints" / "best.keras")
+    assert callbacks[0].best == pytest.approx(best_val)
+    for saved, current in zip(last.ema_network.get_weights(), tiny_model.ema_network.get_weights()):
+        np.testing.assert_array_equal(saved, current)
+    assert best.image_shape == (8, 8, 1)
+
+
+def test_metrics_json_continues_a_resumed_run(tiny_model, tmp_path):
+    tiny_model.compile(optimizer=keras.optimizers.Adam(2e-4))
+    path = tmp_path / "metrics.json"
+    callback = MetricsJSON(path)
+    callback.set_model(tiny_model)
+    for epoch in range(3):  # first run: epochs 1-3 recorded
+        callback.on_epoch_begin(epoch)
+        callback.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1)})
+    for epoch in (1, 2):  # resumed from the end of epoch 1: 2 and 3 again
+        callback.on_epoch_begin(epoch)
+        callback.on_epoch_end(epoch, {"loss": 5.0})
+    records = json.loads(path.read_text())
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert [r["loss"] for r in records] == [1.0, 5.0, 5.0]
+
+
+def test_default_callbacks_follow_the_config(tmp_path):
+    config = get_config("smoke", output_dir=str(tmp_path))
+    callbacks = default_callbacks(config)
+    kinds = [type(c) for c in callbacks]
+    assert kinds == [
+        keras.callbacks.BackupAndRestore, ModelCheckpoints, MetricsJSON, SampleGrid
+    ]
+    grid = callbacks[3]
+    assert grid.steps == config.sample_steps and grid.every == config.sample_every
+    with pytest.raises(ValueError, match="every=-1"):
+        SampleGrid(tmp_path, every=-1)

@@ -1,0 +1,164 @@
+"""The scripts and console entry points, end to end and on bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ddpm_keras.cli import sample_main, train_main
+from ddpm_keras.training import generate_samples
+
+from .conftest import REPO_ROOT
+
+ARTIFACTS = [
+    "config.json",
+    "metrics.json",
+    "model.keras",
+    "ddpm_samples.png",
+    "checkpoints/last.keras",
+    "checkpoints/best.keras",
+    "samples/epoch_001.png",
+    "samples/epoch_002.png",
+]
+
+
+def run_script(name, *args):
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / name), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_smoke_preset_end_to_end_through_scripts(manual_dir, tfds_data_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    result = run_script(
+        "train.py", "--preset", "smoke", "--output-dir", str(output_dir),
+        "--manual-dir", manual_dir, "--data-dir", tfds_data_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for artifact in ARTIFACTS:
+        assert (output_dir / artifact).is_file(), artifact
+    records = json.loads((output_dir / "metrics.json").read_text())
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and np.isfinite(r["val_loss"]) for r in records)
+    # Keras' progress bar is shown.
+    assert "Epoch 1/2" in result.stdout and "val_loss" in result.stdout
+    leftovers = [p.name for p in output_dir.rglob("*") if ".tmp" in p.name]
+    assert leftovers == []
+
+    grid = tmp_path / "grid.png"
+    result = run_script(
+        "sample.py", "--model", str(output_dir / "model.keras"), "--num-images", "9",
+        "--steps", "5", "--sampler", "ddim", "--eta", "0.5", "--seed", "3",
+        "--output", str(grid),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert grid.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_console_entry_point_and_python_api(manual_dir, tfds_data_dir, tmp_path):
+    output_dir = tmp_path / "api"
+    code = train_main([
+        "--preset", "smoke", "--epochs", "1", "--max-train-examples", "64",
+        "--output-dir", str(output_dir), "--manual-dir", manual_dir,
+        "--data-dir", tfds_data_dir,
+    ])
+    assert code == 0
+    assert (output_dir / "model.keras").is_file()
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["epochs"] == 1 and config["preset"] == "smoke"
+
+    from ddpm_keras.config import DiffusionConfig
+
+    images = generate_samples(
+        DiffusionConfig(**config), num_images=4, output_path=str(tmp_path / "api.png"),
+        steps=3, seed=5,
+    )
+    assert images.shape == (4, 28, 28, 1)
+    assert (tmp_path / "api.png").is_file()
+    assert sample_main([
+        "--model", str(output_dir / "model.keras"), "--num-images", "2", "--steps", "2",
+        "--output", str(tmp_path / "cli.png"),
+    ]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "-1"], "epochs=-1"),
+        (["--batch-size", "0"], "batch_size=0"),
+        (["--learning-rate", "0"], "learning_rate=0.0"),
+        (["--max-train-examples", "0"], "max_train_examples=0"),
+    ],
+)
+def test_train_rejects_bad_values_without_traceback(argv, message, capsys, tmp_path):
+    code = train_main(["--preset", "smoke", "--output-dir", str(tmp_path), *argv])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert message in captured.err and "Traceback" not in captured.err
+    assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("argv", [["--preset", "huge"], ["--schedule", "quadratic"], ["--epochs", "x"]])
+def test_train_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        train_main(argv)
+    assert info.value.code == 2
+    assert "invalid" in capsys.readouterr().err
+
+
+def test_train_rejects_output_dir_that_is_a_file(tmp_path, capsys):
+    a_file = tmp_path / "taken"
+    a_file.write_text("keep me")
+    assert train_main(["--preset", "smoke", "--output-dir", str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert a_file.read_text() == "keep me"
+
+
+def test_train_without_data_says_how_to_fix(tmp_path, capsys):
+    code = train_main([
+        "--preset", "smoke", "--output-dir", str(tmp_path / "out"),
+        "--manual-dir", str(tmp_path), "--data-dir", str(tmp_path / "tfds"),
+    ])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "train-images-idx3-ubyte.gz" in err and "manual_dir" in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "steps=0"),
+        (["--steps", "1001"], "steps=1001"),
+        (["--eta", "2"], "eta=2.0"),
+        (["--num-images", "0"], "num_images=0"),
+        (["--output", "grid.jpg"], "output='grid.jpg'"),
+    ],
+)
+def test_sample_rejects_bad_values(argv, message, tmp_path, tiny_model, capsys):
+    from ddpm_keras.files import save_model
+
+    model_path = tmp_path / "m.keras"
+    save_model(tiny_model, model_path)
+    code = sample_main(["--model", str(model_path), "--output", str(tmp_path / "g.png"), *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_sample_missing_or_corrupt_model(tmp_path, capsys):
+    assert sample_main(["--model", str(tmp_path / "none.keras")]) == 2
+    assert "No saved model" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    assert sample_main(["--model", str(corrupt)]) == 2
+    assert "corrupt.keras" in capsys.readouterr().err

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from ddpm_keras.config import get_config
+from ddpm_keras.data import MANUAL_FILES, DataUnavailableError, load_dataset, prepare_builder
+
+
+def test_loads_fashion_mnist_offline_in_unit_range(manual_dir, tfds_data_dir):
+    config = get_config(
+        "smoke", manual_dir=manual_dir, data_dir=tfds_data_dir, batch_size=16,
+        max_train_examples=64, max_val_examples=40,
+    )
+    train_ds, val_ds, image_shape = load_dataset(config)
+    assert image_shape == (28, 28, 1)
+    train_batches = list(train_ds.as_numpy_iterator())
+    assert len(train_batches) == 4
+    assert all(batch.shape == (16, 28, 28, 1) for batch in train_batches)
+    assert train_batches[0].dtype == np.float32
+    values = np.concatenate(train_batches)
+    assert values.min() == -1.0 and values.max() == 1.0
+    val_sizes = [batch.shape[0] for batch in val_ds.as_numpy_iterator()]
+    assert val_sizes == [16, 16, 8]  # the test split, last batch kept
+
+
+def test_same_seed_same_order(manual_dir, tfds_data_dir):
+    config = get_config(
+        "smoke", manual_dir=manual_dir, data_dir=tfds_data_dir, max_train_examples=64
+    )
+    first = next(iter(load_dataset(config)[0])).numpy()
+    again = next(iter(load_dataset(config)[0])).numpy()
+    other = next(iter(load_dataset(config.replace(seed=1))[0])).numpy()
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_batch_larger_than_data_is_rejected(manual_dir, tfds_data_dir):
+    config = get_config(
+        "smoke", manual_dir=manual_dir, data_dir=tfds_data_dir, max_train_examples=8,
+        batch_size=16,
+    )
+    with pytest.raises(ValueError, match="batch_size=16"):
+        load_dataset(config)
+
+
+def test_empty_manual_dir_lists_expected_files(tmp_path):
+    with pytest.raises(DataUnavailableError) as info:
+        prepare_builder("fashion_mnist", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path))
+    message = str(info.value)
+    for name in MANUAL_FILES["fashion_mnist"]:
+        assert name in message
+    assert str(tmp_path) in message
+
+
+def test_manual_dir_that_is_not_a_directory(tmp_path):
+    with pytest.raises(DataUnavailableError, match="not a directory"):
+        prepare_builder("fashion_mnist", manual_dir=str(tmp_path / "nowhere"))
+
+
+def test_unknown_and_non_image_datasets_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="dataset='no_such_dataset'") as info:
+        prepare_builder("no_such_dataset", data_dir=str(tmp_path))
+    assert len(str(info.value).splitlines()) == 1
+    # imdb_reviews is text: its features are known without downloading anything.
+    with pytest.raises(ValueError, match="not an image dataset"):
+        prepare_builder("imdb_reviews", data_dir=str(tmp_path))

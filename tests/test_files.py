@@ -1,0 +1,67 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ddpm_keras.files import atomic_path, ensure_writable_dir, save_image_grid, write_json
+
+
+def test_write_json_replaces_atomically(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_json(path, [{"epoch": 1}])
+    write_json(path, [{"epoch": 1}, {"epoch": 2}])
+    assert json.loads(path.read_text()) == [{"epoch": 1}, {"epoch": 2}]
+    assert os.listdir(tmp_path) == ["metrics.json"]
+
+
+def test_failed_write_keeps_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "data.json"
+    write_json(path, {"old": True})
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as temporary:
+            with open(temporary, "w") as file:
+                file.write('{"half": ')
+            raise RuntimeError("killed mid-write")
+    assert json.loads(path.read_text()) == {"old": True}
+    assert os.listdir(tmp_path) == ["data.json"]
+
+
+def test_temporary_keeps_extension(tmp_path):
+    with atomic_path(tmp_path / "model.keras") as temporary:
+        assert temporary.endswith(".keras")
+        open(temporary, "w").close()
+    assert (tmp_path / "model.keras").exists()
+
+
+def test_image_grid_is_a_png(tmp_path):
+    images = np.random.default_rng(0).uniform(0, 1, (10, 8, 8, 1)).astype(np.float32)
+    path = tmp_path / "grid.png"
+    save_image_grid(images, path, title="test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    save_image_grid(np.zeros((2, 8, 8, 3)), tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match="images.shape"):
+        save_image_grid(np.zeros((2, 8, 8)), tmp_path / "bad.png")
+
+
+def test_output_dir_checks(tmp_path):
+    created = tmp_path / "a" / "b"
+    assert ensure_writable_dir(created) == str(created) and created.is_dir()
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        ensure_writable_dir(a_file)
+    with pytest.raises(ValueError, match="not writable"):
+        ensure_writable_dir(a_file / "sub")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_output_dir(tmp_path):
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    try:
+        with pytest.raises(ValueError, match="not writable"):
+            ensure_writable_dir(read_only)
+    finally:
+        read_only.chmod(0o700)

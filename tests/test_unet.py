@@ -1,0 +1,80 @@
+import keras
+import numpy as np
+import pytest
+
+from ddpm_keras.unet import ResidualBlock, SelfAttention2D, SinusoidalEmbedding, build_unet
+
+
+def test_output_matches_images_and_is_float32(tiny_network):
+    images = np.random.default_rng(0).standard_normal((3, 8, 8, 1)).astype(np.float32)
+    output = tiny_network([images, np.array([0, 5, 99], np.int32)])
+    assert tuple(output.shape) == (3, 8, 8, 1)
+    assert output.dtype == "float32"
+    assert tiny_network.get_layer("conv_out").dtype_policy.name == "float32"
+
+
+def test_output_depends_on_timestep(tiny_network):
+    # conv_out is the only layer between the last (zero-init) blocks and the
+    # output; perturb weights so the time path reaches the output.
+    for weight in tiny_network.weights:
+        weight.assign(weight + 0.05)
+    images = np.ones((2, 8, 8, 1), np.float32)
+    output = keras.ops.convert_to_numpy(tiny_network([images, np.array([1, 900], np.int32)]))
+    assert not np.allclose(output[0], output[1])
+
+
+def test_width_depth_and_attention_are_configurable():
+    small = build_unet((28, 28, 1), 8, (1, 2), 1, attention=False, norm_groups=4)
+    large = build_unet((28, 28, 1), 16, (1, 2, 2), 2, attention=True, norm_groups=4)
+    assert large.count_params() > small.count_params()
+    assert any(isinstance(layer, SelfAttention2D) for layer in large.layers)
+    assert not any(isinstance(layer, SelfAttention2D) for layer in small.layers)
+    rgb = build_unet((32, 32, 3), 8, (1, 2, 2, 2), 1, norm_groups=4)
+    assert rgb.output.shape[1:] == (32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"image_shape": (30, 30, 1), "channel_multipliers": (1, 2, 2)}, "divisible by 4"),
+        ({"image_shape": (28, 28)}, "image_shape"),
+        ({"norm_groups": 5}, "norm_groups=5"),
+    ],
+)
+def test_rejects_bad_arguments(kwargs, message):
+    arguments = {"image_shape": (28, 28, 1), "base_channels": 8, "norm_groups": 4}
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        build_unet(**arguments)
+
+
+def test_sinusoidal_embedding_values():
+    embedding = SinusoidalEmbedding(4)
+    values = keras.ops.convert_to_numpy(embedding(np.array([0, 3], np.int32)))
+    frequencies = np.exp(-np.log(10_000) * np.arange(2) / 2)
+    expected = np.concatenate([np.sin(3 * frequencies), np.cos(3 * frequencies)])
+    np.testing.assert_allclose(values[1], expected, rtol=1e-6)
+    np.testing.assert_allclose(values[0], [0, 0, 1, 1])
+    with pytest.raises(ValueError, match="dim=3"):
+        SinusoidalEmbedding(3)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [SinusoidalEmbedding(16, max_period=500), ResidualBlock(12, groups=3), SelfAttention2D(2)],
+)
+def test_custom_layer_get_config_round_trip(layer):
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is type(layer)
+    assert restored.get_config() == layer.get_config()
+
+
+def test_saved_network_loads_in_safe_mode(tiny_network, tmp_path):
+    path = tmp_path / "unet.keras"
+    tiny_network.save(path)
+    restored = keras.models.load_model(path, safe_mode=True)
+    images = np.random.default_rng(1).standard_normal((2, 8, 8, 1)).astype(np.float32)
+    timesteps = np.array([3, 40], np.int32)
+    np.testing.assert_allclose(
+        restored([images, timesteps]), tiny_network([images, timesteps]), rtol=1e-6
+    )
