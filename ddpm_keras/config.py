@@ -90,18 +90,14 @@ class DiffusionConfig:
 
     def __post_init__(self):
         # Accept lists (JSON, argparse) for the tuple field, then check all.
-        object.__setattr__(
-            self, "channel_multipliers", tuple(self.channel_multipliers)
-        )
+        object.__setattr__(self, "channel_multipliers", tuple(self.channel_multipliers))
         validate_config(self)
 
     def replace(self, **changes) -> DiffusionConfig:
         """Returns a copy with some fields changed (validated again)."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
-            raise ValueError(
-                f"Unknown config field(s) {unknown}. Received: {changes}"
-            )
+            raise ValueError(f"Unknown config field(s) {unknown}. Received: {changes}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -302,15 +298,12 @@ def get_config(preset: str | None = None, **overrides) -> DiffusionConfig:
         print(f"No preset named; using '{preset}' because {reason}.")
     if preset not in PRESETS:
         raise ValueError(
-            f"Unknown preset. Expected one of {sorted(PRESETS)}. "
-            f"Received: preset={preset!r}"
+            f"Unknown preset. Expected one of {sorted(PRESETS)}. Received: preset={preset!r}"
         )
     fields = {f.name for f in dataclasses.fields(DiffusionConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise ValueError(
-            f"Unknown config field(s) {unknown}. Received: {overrides}"
-        )
+        raise ValueError(f"Unknown config field(s) {unknown}. Received: {overrides}")
     values = dict(PRESETS[preset], preset=preset)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return DiffusionConfig(**values)

@@ -86,11 +86,7 @@ def prepare_builder(dataset, data_dir=None, manual_dir=None):
             f"Could not download or prepare {dataset!r} ({type(error).__name__}: "
             f"{error}). Without internet, pass manual_dir (CLI: --manual-dir) "
             "pointing at a folder with the dataset's original download files"
-            + (
-                f" ({', '.join(MANUAL_FILES[dataset])})"
-                if dataset in MANUAL_FILES
-                else ""
-            )
+            + (f" ({', '.join(MANUAL_FILES[dataset])})" if dataset in MANUAL_FILES else "")
             + f". Received: manual_dir={manual_dir!r}, data_dir={data_dir!r}"
         ) from error
     return builder

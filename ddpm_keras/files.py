@@ -96,14 +96,15 @@ def save_image_grid(images, path, title=None, columns=None):
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(
-            "Images must be [N, H, W, C] with C = 1 or 3. "
-            f"Received: images.shape={images.shape}"
+            f"Images must be [N, H, W, C] with C = 1 or 3. Received: images.shape={images.shape}"
         )
     count = images.shape[0]
     columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
     figure, axes = plt.subplots(
-        rows, columns, figsize=(columns * 1.0, rows * 1.0 + (0.4 if title else 0.0)),
+        rows,
+        columns,
+        figsize=(columns * 1.0, rows * 1.0 + (0.4 if title else 0.0)),
         squeeze=False,
     )
     for index, axis in enumerate(axes.flat):

@@ -73,17 +73,11 @@ class DiffusionModel(keras.Model):
     def __init__(self, network, schedule, ema_decay=0.999, ema_network=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(network, keras.Model):
-            raise ValueError(
-                f"`network` must be a keras.Model. Received: network={network!r}"
-            )
+            raise ValueError(f"`network` must be a keras.Model. Received: network={network!r}")
         if not isinstance(schedule, NoiseSchedule):
-            raise ValueError(
-                f"`schedule` must be a NoiseSchedule. Received: schedule={schedule!r}"
-            )
+            raise ValueError(f"`schedule` must be a NoiseSchedule. Received: schedule={schedule!r}")
         if isinstance(ema_decay, bool) or not 0.0 <= ema_decay <= 1.0:
-            raise ValueError(
-                f"`ema_decay` must be in [0, 1]. Received: ema_decay={ema_decay!r}"
-            )
+            raise ValueError(f"`ema_decay` must be in [0, 1]. Received: ema_decay={ema_decay!r}")
         image_shape = tuple(network.inputs[0].shape[1:])
         if None in image_shape or len(image_shape) != 3:
             raise ValueError(
@@ -153,7 +147,7 @@ class DiffusionModel(keras.Model):
             scaled_loss = self.optimizer.scale_loss(loss)
         trainable_weights = self.network.trainable_weights
         gradients = tape.gradient(scaled_loss, trainable_weights)
-        self.optimizer.apply_gradients(zip(gradients, trainable_weights))
+        self.optimizer.apply_gradients(zip(gradients, trainable_weights, strict=True))
         self._update_ema()
         self.loss_tracker.update_state(per_example_losses)
         return {"loss": self.loss_tracker.result()}
@@ -166,7 +160,7 @@ class DiffusionModel(keras.Model):
 
     def _update_ema(self):
         decay = self.ema_decay
-        for ema_weight, weight in zip(self.ema_network.weights, self.network.weights):
+        for ema_weight, weight in zip(self.ema_network.weights, self.network.weights, strict=True):
             ema_weight.assign(decay * ema_weight + (1.0 - decay) * weight)
 
     # Sampling -------------------------------------------------------------
@@ -181,15 +175,11 @@ class DiffusionModel(keras.Model):
                 return network([samples, timesteps], training=False)
 
             self._sample_functions[key] = tf.function(
-                lambda initial_noises, seed: sample_loop(
-                    denoise, sampler, initial_noises, seed
-                )
+                lambda initial_noises, seed: sample_loop(denoise, sampler, initial_noises, seed)
             )
         return self._sample_functions[key]
 
-    def generate(
-        self, num_images, steps=None, sampler="ddim", eta=0.0, seed=None, batch_size=64
-    ):
+    def generate(self, num_images, steps=None, sampler="ddim", eta=0.0, seed=None, batch_size=64):
         """Samples images with the EMA weights.
 
         Args:
@@ -268,9 +258,7 @@ def build_model(config, image_shape):
         attention=config.attention,
         norm_groups=config.norm_groups,
     )
-    schedule = NoiseSchedule(
-        config.schedule, config.timesteps, config.beta_start, config.beta_end
-    )
+    schedule = NoiseSchedule(config.schedule, config.timesteps, config.beta_start, config.beta_end)
     return DiffusionModel(network, schedule, ema_decay=config.ema_decay)
 
 
@@ -293,8 +281,7 @@ def load_diffusion_model(path):
         model = keras.models.load_model(path)
     except Exception as error:  # Keras raises many types for broken archives.
         raise ValueError(
-            f"Could not load the model: {type(error).__name__}: {error}. "
-            f"Received: path={path!r}"
+            f"Could not load the model: {type(error).__name__}: {error}. Received: path={path!r}"
         ) from error
     if not isinstance(model, DiffusionModel):
         raise ValueError(

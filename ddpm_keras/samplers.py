@@ -44,10 +44,7 @@ class Sampler:
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int, clip_denoised=True):
         if not isinstance(schedule, NoiseSchedule):
-            raise ValueError(
-                "`schedule` must be a NoiseSchedule. "
-                f"Received: schedule={schedule!r}"
-            )
+            raise ValueError(f"`schedule` must be a NoiseSchedule. Received: schedule={schedule!r}")
         check_steps(num_steps, schedule.timesteps)
         self.schedule = schedule
         self.num_steps = int(num_steps)
@@ -108,15 +105,13 @@ class DDIMSampler(Sampler):
 
     def __init__(self, schedule, num_steps=50, eta=0.0, clip_denoised=True):
         super().__init__(schedule, num_steps, clip_denoised)
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (
-            0.0 <= eta <= 1.0
-        ):
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (0.0 <= eta <= 1.0):
             raise ValueError(f"`eta` must be in [0, 1]. Received: eta={eta!r}")
         self.eta = float(eta)
         self.uses_noise = self.eta > 0.0
-        timesteps = np.round(
-            np.linspace(schedule.timesteps - 1, 0, self.num_steps)
-        ).astype(np.int32)
+        timesteps = np.round(np.linspace(schedule.timesteps - 1, 0, self.num_steps)).astype(
+            np.int32
+        )
         self.timesteps = timesteps
         alphas_cumprod = schedule.alphas_cumprod
         self._alpha_bar = alphas_cumprod[timesteps]
@@ -135,9 +130,7 @@ class DDIMSampler(Sampler):
         sigma = _take(self._sigma, index)
         pred_x0 = self.predict_x0(model_output, t, sample)
         # Re-derive eps from the (clipped) x_0 so that the two stay consistent.
-        pred_noise = (sample - ops.sqrt(alpha_bar) * pred_x0) / ops.sqrt(
-            1.0 - alpha_bar
-        )
+        pred_noise = (sample - ops.sqrt(alpha_bar) * pred_x0) / ops.sqrt(1.0 - alpha_bar)
         direction = ops.sqrt(ops.maximum(1.0 - alpha_bar_prev - sigma**2, 0.0))
         prev_sample = ops.sqrt(alpha_bar_prev) * pred_x0 + direction * pred_noise
         if self.uses_noise:
@@ -166,6 +159,5 @@ def get_sampler(name, schedule, steps=None, eta=0.0):
             )
         return DDPMSampler(schedule, steps)
     raise ValueError(
-        f"Unknown sampler. Expected one of {list(SAMPLER_NAMES)}. "
-        f"Received: sampler={name!r}"
+        f"Unknown sampler. Expected one of {list(SAMPLER_NAMES)}. Received: sampler={name!r}"
     )

@@ -65,13 +65,9 @@ class NoiseSchedule:
                 f"Received: name={name!r}"
             )
         if isinstance(timesteps, bool) or not isinstance(timesteps, int):
-            raise ValueError(
-                f"`timesteps` must be an integer. Received: timesteps={timesteps!r}"
-            )
+            raise ValueError(f"`timesteps` must be an integer. Received: timesteps={timesteps!r}")
         if timesteps < 2:
-            raise ValueError(
-                f"`timesteps` must be >= 2. Received: timesteps={timesteps}"
-            )
+            raise ValueError(f"`timesteps` must be >= 2. Received: timesteps={timesteps}")
         if not 0.0 < beta_start <= beta_end < 1.0:
             raise ValueError(
                 "Betas must satisfy 0 < beta_start <= beta_end < 1. "
@@ -98,16 +94,12 @@ class NoiseSchedule:
         self.alphas_cumprod = alphas_cumprod
         self.alphas_cumprod_prev = alphas_cumprod_prev
         # Eq. 7: variance and mean coefficients of q(x_{t-1} | x_t, x_0).
-        self.posterior_variance = (
-            betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-        )
+        self.posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
         # The variance is 0 at t = 0; clip the log as in the reference code.
         self.posterior_log_variance_clipped = np.log(
             np.append(self.posterior_variance[1], self.posterior_variance[1:])
         )
-        self.posterior_mean_coef1 = (
-            betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-        )
+        self.posterior_mean_coef1 = betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod)
         self.posterior_mean_coef2 = (
             (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod)
         )

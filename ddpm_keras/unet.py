@@ -209,9 +209,9 @@ def build_unet(
             )([x, time_embedding])
             skips.append(x)
         if level != last_level:
-            x = layers.Conv2D(
-                x.shape[-1], 3, strides=2, padding="same", name=f"down{level}_conv"
-            )(x)
+            x = layers.Conv2D(x.shape[-1], 3, strides=2, padding="same", name=f"down{level}_conv")(
+                x
+            )
             skips.append(x)
 
     bottleneck_channels = base_channels * channel_multipliers[-1]

@@ -32,9 +32,7 @@ def main(argv=None):
         keras.callbacks.CSVLogger(f"{config.output_dir}/history.csv", append=True),
         # Your own callbacks go here, e.g. keras.callbacks.TensorBoard(...).
     ]
-    model.fit(
-        train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks
-    )
+    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks)
     save_model(model, config.model_path)  # final model, EMA weights included
     print(f"Saved {config.model_path}, {config.samples_path}, {config.metrics_path}")
     return 0

@@ -22,9 +22,7 @@ def fashion_mnist_dir():
 def manual_dir():
     path = fashion_mnist_dir()
     if not (path / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(
-            f"Fashion-MNIST files not found at {path}; set DDPM_FASHION_MNIST_DIR"
-        )
+        pytest.skip(f"Fashion-MNIST files not found at {path}; set DDPM_FASHION_MNIST_DIR")
     return str(path)
 
 

@@ -27,7 +27,11 @@ def test_our_callbacks_beside_plain_keras_ones(tiny_model, images, tmp_path):
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen_epochs.append(epoch)),
     ]
     tiny_model.fit(
-        images, validation_data=images[:16], batch_size=16, epochs=3, callbacks=callbacks,
+        images,
+        validation_data=images[:16],
+        batch_size=16,
+        epochs=3,
+        callbacks=callbacks,
         verbose=0,
     )
     assert seen_epochs == [0, 1, 2]
@@ -48,7 +52,9 @@ def test_our_callbacks_beside_plain_keras_ones(tiny_model, images, tmp_path):
     last = load_diffusion_model(tmp_path / "checkpoints" / "last.keras")
     best = load_diffusion_model(tmp_path / "checkpoints" / "best.keras")
     assert callbacks[0].best == pytest.approx(best_val)
-    for saved, current in zip(last.ema_network.get_weights(), tiny_model.ema_network.get_weights()):
+    for saved, current in zip(
+        last.ema_network.get_weights(), tiny_model.ema_network.get_weights(), strict=True
+    ):
         np.testing.assert_array_equal(saved, current)
     assert best.image_shape == (8, 8, 1)
 
@@ -73,9 +79,7 @@ def test_default_callbacks_follow_the_config(tmp_path):
     config = get_config("smoke", output_dir=str(tmp_path))
     callbacks = default_callbacks(config)
     kinds = [type(c) for c in callbacks]
-    assert kinds == [
-        keras.callbacks.BackupAndRestore, ModelCheckpoints, MetricsJSON, SampleGrid
-    ]
+    assert kinds == [keras.callbacks.BackupAndRestore, ModelCheckpoints, MetricsJSON, SampleGrid]
     grid = callbacks[3]
     assert grid.steps == config.sample_steps and grid.every == config.sample_every
     with pytest.raises(ValueError, match="every=-1"):

@@ -40,8 +40,15 @@ def run_script(name, *args):
 def test_smoke_preset_end_to_end_through_scripts(manual_dir, tfds_data_dir, tmp_path):
     output_dir = tmp_path / "run"
     result = run_script(
-        "train.py", "--preset", "smoke", "--output-dir", str(output_dir),
-        "--manual-dir", manual_dir, "--data-dir", tfds_data_dir,
+        "train.py",
+        "--preset",
+        "smoke",
+        "--output-dir",
+        str(output_dir),
+        "--manual-dir",
+        manual_dir,
+        "--data-dir",
+        tfds_data_dir,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for artifact in ARTIFACTS:
@@ -56,9 +63,21 @@ def test_smoke_preset_end_to_end_through_scripts(manual_dir, tfds_data_dir, tmp_
 
     grid = tmp_path / "grid.png"
     result = run_script(
-        "sample.py", "--model", str(output_dir / "model.keras"), "--num-images", "9",
-        "--steps", "5", "--sampler", "ddim", "--eta", "0.5", "--seed", "3",
-        "--output", str(grid),
+        "sample.py",
+        "--model",
+        str(output_dir / "model.keras"),
+        "--num-images",
+        "9",
+        "--steps",
+        "5",
+        "--sampler",
+        "ddim",
+        "--eta",
+        "0.5",
+        "--seed",
+        "3",
+        "--output",
+        str(grid),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert grid.read_bytes()[:4] == b"\x89PNG"
@@ -67,11 +86,22 @@ def test_smoke_preset_end_to_end_through_scripts(manual_dir, tfds_data_dir, tmp_
 @pytest.mark.slow
 def test_console_entry_point_and_python_api(manual_dir, tfds_data_dir, tmp_path):
     output_dir = tmp_path / "api"
-    code = train_main([
-        "--preset", "smoke", "--epochs", "1", "--max-train-examples", "64",
-        "--output-dir", str(output_dir), "--manual-dir", manual_dir,
-        "--data-dir", tfds_data_dir,
-    ])
+    code = train_main(
+        [
+            "--preset",
+            "smoke",
+            "--epochs",
+            "1",
+            "--max-train-examples",
+            "64",
+            "--output-dir",
+            str(output_dir),
+            "--manual-dir",
+            manual_dir,
+            "--data-dir",
+            tfds_data_dir,
+        ]
+    )
     assert code == 0
     assert (output_dir / "model.keras").is_file()
     config = json.loads((output_dir / "config.json").read_text())
@@ -80,15 +110,29 @@ def test_console_entry_point_and_python_api(manual_dir, tfds_data_dir, tmp_path)
     from ddpm_keras.config import DiffusionConfig
 
     images = generate_samples(
-        DiffusionConfig(**config), num_images=4, output_path=str(tmp_path / "api.png"),
-        steps=3, seed=5,
+        DiffusionConfig(**config),
+        num_images=4,
+        output_path=str(tmp_path / "api.png"),
+        steps=3,
+        seed=5,
     )
     assert images.shape == (4, 28, 28, 1)
     assert (tmp_path / "api.png").is_file()
-    assert sample_main([
-        "--model", str(output_dir / "model.keras"), "--num-images", "2", "--steps", "2",
-        "--output", str(tmp_path / "cli.png"),
-    ]) == 0
+    assert (
+        sample_main(
+            [
+                "--model",
+                str(output_dir / "model.keras"),
+                "--num-images",
+                "2",
+                "--steps",
+                "2",
+                "--output",
+                str(tmp_path / "cli.png"),
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -108,7 +152,9 @@ def test_train_rejects_bad_values_without_traceback(argv, message, capsys, tmp_p
     assert not (tmp_path / "config.json").exists()
 
 
-@pytest.mark.parametrize("argv", [["--preset", "huge"], ["--schedule", "quadratic"], ["--epochs", "x"]])
+@pytest.mark.parametrize(
+    "argv", [["--preset", "huge"], ["--schedule", "quadratic"], ["--epochs", "x"]]
+)
 def test_train_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as info:
         train_main(argv)
@@ -125,10 +171,18 @@ def test_train_rejects_output_dir_that_is_a_file(tmp_path, capsys):
 
 
 def test_train_without_data_says_how_to_fix(tmp_path, capsys):
-    code = train_main([
-        "--preset", "smoke", "--output-dir", str(tmp_path / "out"),
-        "--manual-dir", str(tmp_path), "--data-dir", str(tmp_path / "tfds"),
-    ])
+    code = train_main(
+        [
+            "--preset",
+            "smoke",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--manual-dir",
+            str(tmp_path),
+            "--data-dir",
+            str(tmp_path / "tfds"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "train-images-idx3-ubyte.gz" in err and "manual_dir" in err

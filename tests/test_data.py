@@ -7,8 +7,12 @@ from ddpm_keras.data import MANUAL_FILES, DataUnavailableError, load_dataset, pr
 
 def test_loads_fashion_mnist_offline_in_unit_range(manual_dir, tfds_data_dir):
     config = get_config(
-        "smoke", manual_dir=manual_dir, data_dir=tfds_data_dir, batch_size=16,
-        max_train_examples=64, max_val_examples=40,
+        "smoke",
+        manual_dir=manual_dir,
+        data_dir=tfds_data_dir,
+        batch_size=16,
+        max_train_examples=64,
+        max_val_examples=40,
     )
     train_ds, val_ds, image_shape = load_dataset(config)
     assert image_shape == (28, 28, 1)
@@ -35,7 +39,10 @@ def test_same_seed_same_order(manual_dir, tfds_data_dir):
 
 def test_batch_larger_than_data_is_rejected(manual_dir, tfds_data_dir):
     config = get_config(
-        "smoke", manual_dir=manual_dir, data_dir=tfds_data_dir, max_train_examples=8,
+        "smoke",
+        manual_dir=manual_dir,
+        data_dir=tfds_data_dir,
+        max_train_examples=8,
         batch_size=16,
     )
     with pytest.raises(ValueError, match="batch_size=16"):

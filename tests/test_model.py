@@ -43,7 +43,7 @@ def test_test_step_changes_no_weights(tiny_model, images):
     before = [w.copy() for w in model.get_weights()]
     loss = model.evaluate(images, batch_size=16, verbose=0)
     assert np.isfinite(loss) and loss > 0
-    for old, new in zip(before, model.get_weights()):
+    for old, new in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(old, new)
 
 
@@ -53,7 +53,7 @@ def test_ema_follows_weights(tiny_model, images):
     model.fit(images, batch_size=16, epochs=1, verbose=0)  # one step
     decay = model.ema_decay
     for ema_old, weight, ema_new in zip(
-        ema_before, model.network.get_weights(), model.ema_network.get_weights()
+        ema_before, model.network.get_weights(), model.ema_network.get_weights(), strict=True
     ):
         np.testing.assert_allclose(ema_new, decay * ema_old + (1 - decay) * weight, atol=1e-6)
     assert not model.ema_network.trainable
@@ -156,7 +156,7 @@ def test_save_then_load_in_new_process(tiny_model, images, tmp_path):
     # EMA and training weights differ after training; the EMA ones must be saved.
     assert any(
         not np.allclose(a, b)
-        for a, b in zip(model.network.get_weights(), model.ema_network.get_weights())
+        for a, b in zip(model.network.get_weights(), model.ema_network.get_weights(), strict=True)
     )
     path = tmp_path / "model.keras"
     save_model(model, path)

@@ -121,9 +121,7 @@ def test_rejects_bad_arguments(kwargs, message):
 
 def test_get_config_round_trip():
     schedule = NoiseSchedule("cosine", timesteps=123, cosine_s=0.01)
-    restored = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(schedule)
-    )
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
     assert isinstance(restored, NoiseSchedule)
     assert restored.get_config() == schedule.get_config()
     np.testing.assert_array_equal(restored.alphas_cumprod, schedule.alphas_cumprod)

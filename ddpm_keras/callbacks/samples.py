@@ -52,7 +52,10 @@ class SampleGrid(keras.callbacks.Callback):
 
     def _write(self, path, title):
         images = self.model.generate(
-            self.num_images, steps=self.steps, sampler=self.sampler, eta=self.eta,
+            self.num_images,
+            steps=self.steps,
+            sampler=self.sampler,
+            eta=self.eta,
             seed=self.seed,
         )
         save_image_grid(images, path, title=title)

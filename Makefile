@@ -1,0 +1,40 @@
+# Two commands on a fresh machine:
+#   make train   set up .venv and train with the config that fits the machine
+#   make test    set up .venv, lint, and run the test suite
+# Extra flags: make train ARGS="--preset smoke --manual-dir ../shared/data/fashion-mnist"
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install train sample test lint format clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[test]"
+	touch $@
+
+train: install
+	$(BIN)/python scripts/train.py $(ARGS)
+
+sample: install
+	$(BIN)/python scripts/sample.py $(ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
