@@ -91,6 +91,13 @@ class DiffusionModel(keras.Model):
         if ema_network is None:
             ema_network = keras.models.clone_model(network)
             ema_network.set_weights(network.get_weights())
+        if not isinstance(ema_network, keras.Model) or [
+            tuple(w.shape) for w in ema_network.weights
+        ] != [tuple(w.shape) for w in network.weights]:
+            raise ValueError(
+                "`ema_network` must be a copy of `network` (same weights and shapes). "
+                f"Received: ema_network={ema_network!r}"
+            )
         # The EMA copy is updated by `_update_ema`, never by the optimizer.
         ema_network.trainable = False
         self.ema_network = ema_network
@@ -226,6 +233,7 @@ class DiffusionModel(keras.Model):
                 "network": keras.saving.serialize_keras_object(self.network),
                 "schedule": keras.saving.serialize_keras_object(self.schedule),
                 "ema_decay": self.ema_decay,
+                "ema_network": keras.saving.serialize_keras_object(self.ema_network),
             }
         )
         return config
@@ -234,11 +242,10 @@ class DiffusionModel(keras.Model):
     def from_config(cls, config):
         # Deep copy: deserialization consumes the nested dicts it is given.
         config = copy.deepcopy(config)
-        network = keras.saving.deserialize_keras_object(config.pop("network"))
-        schedule = keras.saving.deserialize_keras_object(config.pop("schedule"))
+        for name in ("network", "schedule", "ema_network"):
+            config[name] = keras.saving.deserialize_keras_object(config[name])
         # Saved weights (EMA included) are loaded after construction.
-        ema_network = keras.models.clone_model(network)
-        return cls(network=network, schedule=schedule, ema_network=ema_network, **config)
+        return cls(**config)
 
 
 def build_model(config, image_shape):

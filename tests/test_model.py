@@ -123,6 +123,7 @@ def test_wrong_image_shape_is_rejected(tiny_model):
         ({"network": "unet"}, "network='unet'"),
         ({"schedule": "linear"}, "schedule='linear'"),
         ({"ema_decay": 1.5}, "ema_decay=1.5"),
+        ({"ema_network": "copy"}, "ema_network='copy'"),
     ],
 )
 def test_constructor_rejects_bad_arguments(tiny_network, kwargs, message):
