@@ -24,8 +24,10 @@ _INITIAL_NOISE_STREAM = -1
 def sample_loop(denoise, sampler, initial_noises, seed):
     """Runs `sampler` from `initial_noises` down to x_0.
 
-    Call it inside `tf.function`: the loop then becomes one graph
-    (`tf.while_loop`) rather than a Python loop of eager calls.
+    The loop is an explicit `tf.while_loop`, so inside `tf.function` it is one
+    graph rather than a Python loop of eager calls, without relying on
+    AutoGraph (which re-reads source files and fails if they changed on disk
+    while a long run was going).
 
     Args:
         denoise: `denoise(samples, timesteps) -> predicted noise`.
@@ -37,9 +39,9 @@ def sample_loop(denoise, sampler, initial_noises, seed):
     Returns:
         The final samples, float32, roughly in [-1, 1].
     """
-    samples = initial_noises
-    batch_size = tf.shape(samples)[0]
-    for index in tf.range(sampler.num_steps):
+    batch_size = tf.shape(initial_noises)[0]
+
+    def step(index, samples):
         timestep = tf.gather(sampler.timesteps, index)
         pred_noises = tf.cast(denoise(samples, tf.fill([batch_size], timestep)), "float32")
         if sampler.uses_noise:
@@ -47,8 +49,15 @@ def sample_loop(denoise, sampler, initial_noises, seed):
             noises = tf.random.stateless_normal(tf.shape(samples), seed=step_seed)
         else:
             noises = tf.zeros_like(samples)
+        previous = sampler.step(pred_noises, index, samples, noises)
         # Keep the static shape: the step's broadcasting loses the batch size.
-        samples = tf.ensure_shape(sampler.step(pred_noises, index, samples, noises), samples.shape)
+        return index + 1, tf.ensure_shape(previous, initial_noises.shape)
+
+    _, samples = tf.while_loop(
+        lambda index, _: index < sampler.num_steps,
+        step,
+        (tf.constant(0, tf.int32), initial_noises),
+    )
     return samples
 
 
@@ -182,7 +191,8 @@ class DiffusionModel(keras.Model):
                 return network([samples, timesteps], training=False)
 
             self._sample_functions[key] = tf.function(
-                lambda initial_noises, seed: sample_loop(denoise, sampler, initial_noises, seed)
+                lambda initial_noises, seed: sample_loop(denoise, sampler, initial_noises, seed),
+                autograph=False,
             )
         return self._sample_functions[key]
 

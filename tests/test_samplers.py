@@ -23,7 +23,7 @@ def make_oracle(schedule, x_0):
 
 def run(sampler, denoise, shape, seed=0):
     initial = tf.random.stateless_normal(shape, seed=[seed, 1])
-    loop = tf.function(lambda noise, s: sample_loop(denoise, sampler, noise, s))
+    loop = tf.function(lambda noise, s: sample_loop(denoise, sampler, noise, s), autograph=False)
     return loop(initial, tf.constant(seed, tf.int64)).numpy()
 
 
