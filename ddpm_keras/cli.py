@@ -12,6 +12,7 @@ import functools
 import os
 import sys
 
+from ddpm_keras.callbacks.guards import NonFiniteLossError
 from ddpm_keras.config import PRESETS, get_config
 from ddpm_keras.data import DataUnavailableError
 from ddpm_keras.samplers import SAMPLER_NAMES
@@ -34,6 +35,7 @@ def train_parser():
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--gradient-clip-norm", type=float, help="clip gradients to this L2 norm")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--schedule", choices=SCHEDULE_NAMES)
     parser.add_argument("--dataset", help="TFDS image dataset name (default fashion_mnist)")
@@ -77,7 +79,11 @@ def sample_parser():
 
 
 def user_errors_exit(main):
-    """Turns user errors raised by `main` into a one-line message and exit code 2."""
+    """Turns expected failures of `main` into a one-line message on stderr.
+
+    User errors (bad values, missing data or files) exit with status 2; a
+    training run stopped by a non-finite loss exits with status 1.
+    """
 
     @functools.wraps(main)
     def wrapper(argv=None):
@@ -86,6 +92,9 @@ def user_errors_exit(main):
         except USER_ERRORS as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        except NonFiniteLossError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
 
     return wrapper
 

@@ -44,6 +44,8 @@ class DiffusionConfig:
         batch_size: Global training batch size.
         epochs: Training epochs.
         learning_rate: Adam learning rate.
+        gradient_clip_norm: Clip each gradient to this L2 norm (`None`: no
+            clipping); Keras optimizer's `clipnorm`.
         ema_decay: Decay of the exponential moving average of the weights.
         seed: Seed for weights, data order, timesteps and noise.
         sample_every: Write a sample grid every N epochs (0: only at the end).
@@ -77,6 +79,7 @@ class DiffusionConfig:
     batch_size: int = 128
     epochs: int = 50
     learning_rate: float = 2e-4
+    gradient_clip_norm: float | None = None
     ema_decay: float = 0.999
     seed: int = 42
     # Sampling during and after training.
@@ -213,6 +216,8 @@ def validate_config(config: DiffusionConfig) -> None:
     _check_int(config, "batch_size", 1)
     _check_int(config, "epochs", 1)
     _check_float(config, "learning_rate", 0.0, 1.0, low_open=True)
+    if config.gradient_clip_norm is not None:
+        _check_float(config, "gradient_clip_norm", 0.0, math.inf, low_open=True)
     _check_float(config, "ema_decay", 0.0, 1.0)
     _check_int(config, "seed", 0)
     _check_int(config, "sample_every", 0)

@@ -27,6 +27,11 @@ def start_run(config: DiffusionConfig):
     keras.utils.set_random_seed(config.seed)
 
 
+def build_optimizer(config: DiffusionConfig):
+    """Adam with the config's learning rate and optional gradient clipping."""
+    return keras.optimizers.Adam(config.learning_rate, clipnorm=config.gradient_clip_norm)
+
+
 def train(config: DiffusionConfig, callbacks=()) -> dict:
     """Trains a `DiffusionModel` as `config` says and saves its artifacts.
 
@@ -45,7 +50,7 @@ def train(config: DiffusionConfig, callbacks=()) -> dict:
     train_ds, val_ds, image_shape = load_dataset(config)
     with get_strategy().scope():
         model = build_model(config, image_shape)
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+        model.compile(optimizer=build_optimizer(config))
     history = model.fit(
         train_ds,
         validation_data=val_ds,

@@ -14,7 +14,7 @@ from ddpm_keras.config import get_strategy
 from ddpm_keras.data import load_dataset
 from ddpm_keras.files import save_model
 from ddpm_keras.model import build_model
-from ddpm_keras.training import start_run
+from ddpm_keras.training import build_optimizer, start_run
 
 
 @user_errors_exit
@@ -26,7 +26,7 @@ def main(argv=None):
     train_ds, val_ds, image_shape = load_dataset(config)
     with get_strategy().scope():
         model = build_model(config, image_shape)
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+        model.compile(optimizer=build_optimizer(config))  # or any Keras optimizer
 
     callbacks = default_callbacks(config) + [
         keras.callbacks.CSVLogger(f"{config.output_dir}/history.csv", append=True),

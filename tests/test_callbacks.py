@@ -5,7 +5,14 @@ import keras
 import numpy as np
 import pytest
 
-from ddpm_keras.callbacks import MetricsJSON, ModelCheckpoints, SampleGrid, default_callbacks
+from ddpm_keras.callbacks import (
+    MetricsJSON,
+    ModelCheckpoints,
+    NonFiniteLossError,
+    NonFiniteLossGuard,
+    SampleGrid,
+    default_callbacks,
+)
 from ddpm_keras.config import get_config
 from ddpm_keras.model import load_diffusion_model
 
@@ -79,8 +86,58 @@ def test_default_callbacks_follow_the_config(tmp_path):
     config = get_config("smoke", output_dir=str(tmp_path))
     callbacks = default_callbacks(config)
     kinds = [type(c) for c in callbacks]
-    assert kinds == [keras.callbacks.BackupAndRestore, ModelCheckpoints, MetricsJSON, SampleGrid]
-    grid = callbacks[3]
+    assert kinds == [
+        keras.callbacks.BackupAndRestore,
+        NonFiniteLossGuard,
+        ModelCheckpoints,
+        MetricsJSON,
+        SampleGrid,
+    ]
+    grid = callbacks[-1]
     assert grid.steps == config.sample_steps and grid.every == config.sample_every
     with pytest.raises(ValueError, match="every=-1"):
         SampleGrid(tmp_path, every=-1)
+
+
+class PoisonWeights(keras.callbacks.Callback):
+    """Sets one weight to NaN before a chosen step, as a diverging run would."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.target = (epoch, batch)
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.epoch, batch) == self.target:
+            weight = self.model.network.trainable_weights[0]
+            weight.assign(np.full(weight.shape, np.nan, np.float32))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_model, images, tmp_path):
+    tiny_model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    checkpoints = tmp_path / "checkpoints"
+    callbacks = [
+        NonFiniteLossGuard(checkpoint_hint=str(checkpoints / "last.keras")),
+        ModelCheckpoints(checkpoints),
+        MetricsJSON(tmp_path / "metrics.json"),
+        PoisonWeights(epoch=1, batch=1),
+    ]
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 2, step 2\..*last\.keras"):
+        tiny_model.fit(images, batch_size=8, epochs=3, callbacks=callbacks, verbose=0)
+    # Epoch 1's checkpoint is intact, finite and the only one recorded.
+    saved = load_diffusion_model(checkpoints / "last.keras")
+    assert all(np.all(np.isfinite(w)) for w in saved.get_weights())
+    assert [r["epoch"] for r in json.loads((tmp_path / "metrics.json").read_text())] == [1]
+
+
+def test_gradient_clip_norm_reaches_the_optimizer():
+    from ddpm_keras.training import build_optimizer
+
+    assert build_optimizer(get_config("smoke")).clipnorm is None
+    optimizer = build_optimizer(get_config("smoke", gradient_clip_norm=0.5))
+    assert optimizer.clipnorm == 0.5
+    with pytest.raises(ValueError, match="gradient_clip_norm=0"):
+        get_config("smoke", gradient_clip_norm=0)

@@ -1,6 +1,9 @@
 """Keras callbacks of ddpm_keras; ordinary Keras callbacks plug in beside them."""
 
+import os
+
 from ddpm_keras.callbacks.checkpoints import ModelCheckpoints, backup_and_restore
+from ddpm_keras.callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
 from ddpm_keras.callbacks.metrics import MetricsJSON
 from ddpm_keras.callbacks.samples import SampleGrid
 
@@ -8,10 +11,12 @@ from ddpm_keras.callbacks.samples import SampleGrid
 def default_callbacks(config):
     """The callbacks a `DiffusionConfig` run uses, in order.
 
-    Resume (`BackupAndRestore`) first, then checkpoints, metrics and samples.
+    Resume (`BackupAndRestore`) first, then the non-finite-loss guard,
+    checkpoints, metrics and samples.
     """
     return [
         backup_and_restore(config.backup_dir),
+        NonFiniteLossGuard(checkpoint_hint=os.path.join(config.checkpoint_dir, "last.keras")),
         ModelCheckpoints(config.checkpoint_dir),
         MetricsJSON(config.metrics_path),
         SampleGrid(
@@ -30,6 +35,8 @@ def default_callbacks(config):
 __all__ = [
     "MetricsJSON",
     "ModelCheckpoints",
+    "NonFiniteLossError",
+    "NonFiniteLossGuard",
     "SampleGrid",
     "backup_and_restore",
     "default_callbacks",
