@@ -93,7 +93,8 @@ class DiffusionConfig:
 
     def __post_init__(self):
         # Accept lists (JSON, argparse) for the tuple field, then check all.
-        object.__setattr__(self, "channel_multipliers", tuple(self.channel_multipliers))
+        if isinstance(self.channel_multipliers, list):
+            object.__setattr__(self, "channel_multipliers", tuple(self.channel_multipliers))
         validate_config(self)
 
     def replace(self, **changes) -> DiffusionConfig:
@@ -190,10 +191,15 @@ def validate_config(config: DiffusionConfig) -> None:
     _check_float(config, "beta_end", 0.0, 1.0, low_open=True)
     if config.beta_start > config.beta_end:
         _fail("beta_start", config.beta_start, "must be <= beta_end")
-    _check_int(config, "base_channels", 1)
+    _check_int(config, "base_channels", 2)
+    if config.base_channels % 2:
+        # The sinusoidal timestep embedding has base_channels (sin, cos) pairs.
+        _fail("base_channels", config.base_channels, "must be even")
     multipliers = config.channel_multipliers
-    if not multipliers or any(
-        isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in multipliers
+    if (
+        not isinstance(multipliers, tuple)
+        or not multipliers
+        or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in multipliers)
     ):
         _fail(
             "channel_multipliers",

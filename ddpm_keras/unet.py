@@ -172,6 +172,11 @@ def build_unet(
             "`image_shape` must be (height, width, channels) with positive "
             f"sizes. Received: image_shape={image_shape}"
         )
+    if base_channels < 2 or base_channels % 2:
+        raise ValueError(
+            "`base_channels` must be even and >= 2 (it sizes the sinusoidal "
+            f"timestep embedding). Received: base_channels={base_channels}"
+        )
     factor = 2 ** (len(channel_multipliers) - 1)
     if image_shape[0] % factor or image_shape[1] % factor:
         raise ValueError(

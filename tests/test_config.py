@@ -77,6 +77,8 @@ def test_unknown_preset_and_field_are_rejected():
         ("beta_end", 1.5),
         ("channel_multipliers", ()),
         ("channel_multipliers", (1, 0)),
+        ("channel_multipliers", False),
+        ("base_channels", 7),
         ("norm_groups", 7),
         ("attention", "yes"),
         ("dataset", ""),

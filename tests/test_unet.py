@@ -39,6 +39,7 @@ def test_width_depth_and_attention_are_configurable():
         ({"image_shape": (30, 30, 1), "channel_multipliers": (1, 2, 2)}, "divisible by 4"),
         ({"image_shape": (28, 28)}, "image_shape"),
         ({"norm_groups": 5}, "norm_groups=5"),
+        ({"base_channels": 7, "norm_groups": 1}, "base_channels=7"),
     ],
 )
 def test_rejects_bad_arguments(kwargs, message):

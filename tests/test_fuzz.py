@@ -1,0 +1,106 @@
+"""Property-based tests: random configs and command lines are either accepted
+and usable, or rejected with a ValueError / usage error, never anything else."""
+
+import dataclasses
+import math
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ddpm_keras.cli import config_from_args, train_parser
+from ddpm_keras.config import DiffusionConfig, get_config
+from ddpm_keras.unet import build_unet
+
+# `preset` is get_config's positional argument, not an override.
+FIELDS = {f.name for f in dataclasses.fields(DiffusionConfig)} - {"preset"}
+
+any_value = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.lists(st.integers(min_value=-3, max_value=5), max_size=4),
+)
+overrides = st.dictionaries(
+    st.sampled_from(sorted(FIELDS | {"not_a_field"})), any_value, max_size=6
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(preset=st.sampled_from(["smoke", "cpu", "default", "huge", ""]), changes=overrides)
+def test_random_configs_are_valid_or_rejected(preset, changes):
+    try:
+        config = get_config(preset, **changes)
+    except ValueError:
+        return
+    # Accepted: the config is consistent and survives a round trip.
+    assert math.isfinite(config.learning_rate) and config.epochs >= 1
+    assert 1 <= config.sample_steps <= config.timesteps
+    assert DiffusionConfig(**config.to_dict()) == config
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    base_channels=st.integers(1, 16),
+    multipliers=st.lists(st.integers(1, 3), min_size=1, max_size=3),
+    groups=st.integers(1, 8),
+    attention=st.booleans(),
+)
+def test_accepted_network_settings_build(base_channels, multipliers, groups, attention):
+    try:
+        config = get_config(
+            "smoke",
+            base_channels=base_channels,
+            channel_multipliers=multipliers,
+            norm_groups=groups,
+            attention=attention,
+        )
+    except ValueError:
+        return
+    size = 2 ** (len(config.channel_multipliers) - 1) * 3
+    network = build_unet(
+        (size, size, 1),
+        config.base_channels,
+        config.channel_multipliers,
+        config.num_res_blocks,
+        config.attention,
+        config.norm_groups,
+    )
+    assert network.output.shape[1:] == (size, size, 1)
+
+
+flag_values = {
+    "--preset": st.sampled_from(["smoke", "cpu", "default", "bogus"]),
+    "--epochs": st.text(max_size=4) | st.integers(-5, 5).map(str),
+    "--batch-size": st.integers(-2, 64).map(str),
+    "--learning-rate": st.sampled_from(["1e-3", "0", "-1", "nan", "inf", "x"]),
+    "--gradient-clip-norm": st.sampled_from(["1.0", "0", "-2", "nan"]),
+    "--seed": st.integers(-3, 3).map(str),
+    "--schedule": st.sampled_from(["linear", "cosine", "quadratic"]),
+    "--max-train-examples": st.integers(-1, 100).map(str),
+    "--dataset": st.sampled_from(["fashion_mnist", "mnist", ""]),
+    "--output-dir": st.sampled_from(["out", ""]),
+}
+argv_lists = st.lists(
+    st.sampled_from(sorted(flag_values)).flatmap(
+        lambda flag: flag_values[flag].map(lambda value: [flag, value])
+    ),
+    max_size=5,
+).map(lambda pairs: [token for pair in pairs for token in pair])
+
+
+@settings(max_examples=200, deadline=None)
+@given(argv=argv_lists | st.lists(st.text(max_size=8), max_size=4))
+def test_random_command_lines_parse_or_fail_cleanly(argv):
+    try:
+        args = train_parser().parse_args(argv)
+    except SystemExit as exit_:
+        assert exit_.code == 2  # argparse usage error
+        return
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        assert "Received:" in str(error)
+        return
+    assert isinstance(config, DiffusionConfig)
