@@ -208,3 +208,26 @@ def test_generate_does_not_depend_on_autograph(tiny_model, monkeypatch):
     monkeypatch.setattr(linecache, "getlines", lambda *args, **kwargs: [])
     images = tiny_model.generate(2, steps=3, seed=0)
     assert images.shape == (2, 8, 8, 1)
+
+
+def test_same_seed_same_losses_and_samples(images):
+    from ddpm_keras.unet import build_unet
+
+    def run():
+        keras.utils.set_random_seed(123)
+        network = build_unet((8, 8, 1), 8, (1, 2), 1, attention=True, norm_groups=4)
+        model = compiled(DiffusionModel(network, NoiseSchedule(timesteps=100), ema_decay=0.9))
+        history = model.fit(images, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        return history.history["loss"], model.generate(3, steps=4, seed=0)
+
+    first_losses, first_images = run()
+    second_losses, second_images = run()
+    np.testing.assert_allclose(first_losses, second_losses, rtol=1e-5)
+    np.testing.assert_allclose(first_images, second_images, atol=1e-5)
+
+
+def test_loaded_model_rejects_images_of_another_shape(tiny_model, tmp_path):
+    save_model(tiny_model, tmp_path / "m.keras")
+    loaded = compiled(load_diffusion_model(tmp_path / "m.keras"))
+    with pytest.raises(ValueError, match=r"Received: images.shape=\(4, 16, 16, 1\)"):
+        loaded.fit(np.zeros((4, 16, 16, 1), np.float32), batch_size=4, epochs=1, verbose=0)
