@@ -15,7 +15,7 @@ import sys
 from ddpm_keras.callbacks.guards import NonFiniteLossError
 from ddpm_keras.config import PRESETS, get_config
 from ddpm_keras.data import DataUnavailableError
-from ddpm_keras.samplers import SAMPLER_NAMES
+from ddpm_keras.samplers import SAMPLER_NAMES, get_sampler
 from ddpm_keras.schedule import SCHEDULE_NAMES
 
 USER_ERRORS = (ValueError, DataUnavailableError, FileNotFoundError)
@@ -129,7 +129,8 @@ def sample_main(argv=None):
         seed=args.seed,
         batch_size=args.batch_size,
     )
-    title = f"{args.sampler}, {args.steps or 'default'} steps, seed {args.seed}"
+    steps = get_sampler(args.sampler, model.schedule, args.steps, args.eta).num_steps
+    title = f"{args.sampler}, {steps} steps, seed {args.seed}"
     save_image_grid(images, args.output, title=title)
     print(f"Wrote {len(images)} samples to {args.output}")
     return 0

@@ -13,6 +13,16 @@ import keras
 from keras import layers, ops
 
 
+def _sublayer_kwargs(parent):
+    """Sublayers inherit the parent's dtype policy and `trainable` flag.
+
+    A layer rebuilt from a saved config gets `trainable` in its constructor,
+    before its sublayers exist; without this, a frozen block (the EMA copy)
+    would come back with trainable sublayers.
+    """
+    return {"dtype": parent.dtype_policy, "trainable": parent.trainable}
+
+
 @keras.saving.register_keras_serializable(package="ddpm_keras")
 class SinusoidalEmbedding(layers.Layer):
     """Transformer-style sinusoidal embedding of integer timesteps.
@@ -60,12 +70,14 @@ class ResidualBlock(layers.Layer):
         super().__init__(**kwargs)
         self.filters = filters
         self.groups = groups
-        self.norm1 = layers.GroupNormalization(groups, epsilon=1e-5)
-        self.conv1 = layers.Conv2D(filters, 3, padding="same")
-        self.time_projection = layers.Dense(filters)
-        self.norm2 = layers.GroupNormalization(groups, epsilon=1e-5)
+        self.norm1 = layers.GroupNormalization(groups, epsilon=1e-5, **_sublayer_kwargs(self))
+        self.conv1 = layers.Conv2D(filters, 3, padding="same", **_sublayer_kwargs(self))
+        self.time_projection = layers.Dense(filters, **_sublayer_kwargs(self))
+        self.norm2 = layers.GroupNormalization(groups, epsilon=1e-5, **_sublayer_kwargs(self))
         # Zero-initialised last conv: each block starts as the identity.
-        self.conv2 = layers.Conv2D(filters, 3, padding="same", kernel_initializer="zeros")
+        self.conv2 = layers.Conv2D(
+            filters, 3, padding="same", kernel_initializer="zeros", **_sublayer_kwargs(self)
+        )
         self.shortcut = None
 
     def build(self, input_shape):
@@ -78,7 +90,7 @@ class ResidualBlock(layers.Layer):
         self.norm2.build(out_shape)
         self.conv2.build(out_shape)
         if in_channels != self.filters:
-            self.shortcut = layers.Conv2D(self.filters, 1)
+            self.shortcut = layers.Conv2D(self.filters, 1, **_sublayer_kwargs(self))
             self.shortcut.build(features_shape)
 
     def call(self, inputs):
@@ -108,15 +120,17 @@ class SelfAttention2D(layers.Layer):
     def __init__(self, groups=8, **kwargs):
         super().__init__(**kwargs)
         self.groups = groups
-        self.norm = layers.GroupNormalization(groups, epsilon=1e-5)
+        self.norm = layers.GroupNormalization(groups, epsilon=1e-5, **_sublayer_kwargs(self))
 
     def build(self, input_shape):
         channels = input_shape[-1]
         self.norm.build(input_shape)
-        self.query = layers.Dense(channels)
-        self.key = layers.Dense(channels)
-        self.value = layers.Dense(channels)
-        self.projection = layers.Dense(channels, kernel_initializer="zeros")
+        self.query = layers.Dense(channels, **_sublayer_kwargs(self))
+        self.key = layers.Dense(channels, **_sublayer_kwargs(self))
+        self.value = layers.Dense(channels, **_sublayer_kwargs(self))
+        self.projection = layers.Dense(
+            channels, kernel_initializer="zeros", **_sublayer_kwargs(self)
+        )
         for dense in (self.query, self.key, self.value, self.projection):
             dense.build(input_shape)
 

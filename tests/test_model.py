@@ -231,3 +231,14 @@ def test_loaded_model_rejects_images_of_another_shape(tiny_model, tmp_path):
     loaded = compiled(load_diffusion_model(tmp_path / "m.keras"))
     with pytest.raises(ValueError, match=r"Received: images.shape=\(4, 16, 16, 1\)"):
         loaded.fit(np.zeros((4, 16, 16, 1), np.float32), batch_size=4, epochs=1, verbose=0)
+
+
+def test_reloaded_model_keeps_optimizer_state_and_frozen_ema(tiny_model, images, tmp_path):
+    model = compiled(tiny_model)
+    model.fit(images, batch_size=8, epochs=1, verbose=0)
+    save_model(model, tmp_path / "m.keras")
+    loaded = load_diffusion_model(tmp_path / "m.keras")
+    assert len(loaded.trainable_weights) == len(loaded.network.trainable_weights)
+    assert int(loaded.optimizer.iterations.numpy()) == int(model.optimizer.iterations.numpy())
+    for saved, original in zip(loaded.optimizer.variables, model.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(saved.numpy(), original.numpy())
