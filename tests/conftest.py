@@ -52,3 +52,19 @@ def tiny_model(tiny_network):
     from ddpm_keras.schedule import NoiseSchedule
 
     return DiffusionModel(tiny_network, NoiseSchedule("linear", timesteps=100), ema_decay=0.9)
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """A directory this process cannot write to, whoever runs the tests."""
+    if os.geteuid() != 0:
+        read_only = tmp_path / "read-only"
+        read_only.mkdir()
+        read_only.chmod(0o500)
+        yield read_only
+        read_only.chmod(0o700)
+    elif os.path.isdir("/sys/kernel"):
+        # root ignores permission bits, but not sysfs: mkdir there is refused.
+        yield pathlib.Path("/sys/kernel/ddpm_keras_output")
+    else:
+        pytest.skip("no directory is unwritable for root on this system")

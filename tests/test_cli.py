@@ -170,6 +170,18 @@ def test_train_rejects_output_dir_that_is_a_file(tmp_path, capsys):
     assert a_file.read_text() == "keep me"
 
 
+def test_train_rejects_unwritable_output_dir(unwritable_dir, capsys):
+    assert train_main(["--preset", "smoke", "--output-dir", str(unwritable_dir / "run")]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_sample_rejects_unknown_sampler(capsys):
+    with pytest.raises(SystemExit) as info:
+        sample_main(["--sampler", "euler"])
+    assert info.value.code == 2
+    assert "invalid choice: 'euler'" in capsys.readouterr().err
+
+
 def test_train_without_data_says_how_to_fix(tmp_path, capsys):
     code = train_main(
         [

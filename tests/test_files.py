@@ -55,13 +55,6 @@ def test_output_dir_checks(tmp_path):
         ensure_writable_dir(a_file / "sub")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_read_only_output_dir(tmp_path):
-    read_only = tmp_path / "ro"
-    read_only.mkdir()
-    read_only.chmod(0o500)
-    try:
-        with pytest.raises(ValueError, match="not writable"):
-            ensure_writable_dir(read_only)
-    finally:
-        read_only.chmod(0o700)
+def test_unwritable_output_dir(unwritable_dir):
+    with pytest.raises(ValueError, match="not writable"):
+        ensure_writable_dir(unwritable_dir)
