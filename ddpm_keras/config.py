@@ -210,12 +210,13 @@ def validate_config(config: DiffusionConfig) -> None:
     if not isinstance(config.attention, bool):
         _fail("attention", config.attention, "must be True or False")
     _check_int(config, "norm_groups", 1)
-    for multiplier in multipliers:
+    # The stem (base_channels) and every level feed a GroupNormalization.
+    for multiplier in (1, *multipliers):
         if (config.base_channels * multiplier) % config.norm_groups:
             _fail(
                 "norm_groups",
                 config.norm_groups,
-                "must divide base_channels * every channel multiplier "
+                "must divide base_channels and base_channels * every channel multiplier "
                 f"(base_channels={config.base_channels}, "
                 f"channel_multipliers={multipliers})",
             )
@@ -237,6 +238,10 @@ def validate_config(config: DiffusionConfig) -> None:
             f"must be <= timesteps ({config.timesteps})",
         )
     _check_float(config, "eta", 0.0, 1.0)
+    if config.sampler == "ddpm" and config.eta != 0.0:
+        # Ancestral sampling has no eta; without this check the run would
+        # fail only at its first sample grid.
+        _fail("eta", config.eta, "must be 0 with sampler='ddpm' (eta is DDIM's)")
 
 
 # Presets. `smoke` runs in seconds for tests; `cpu` takes about 30 minutes on

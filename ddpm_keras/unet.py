@@ -199,10 +199,11 @@ def build_unet(
             f"Received: image_shape={image_shape}, "
             f"channel_multipliers={tuple(channel_multipliers)}"
         )
-    for multiplier in channel_multipliers:
+    # The stem (base_channels) and every level feed a GroupNormalization.
+    for multiplier in (1, *channel_multipliers):
         if (base_channels * multiplier) % norm_groups:
             raise ValueError(
-                "`norm_groups` must divide every level's channels. "
+                "`norm_groups` must divide base_channels and every level's channels. "
                 f"Received: norm_groups={norm_groups}, "
                 f"base_channels={base_channels}, "
                 f"channel_multipliers={tuple(channel_multipliers)}"

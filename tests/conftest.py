@@ -4,6 +4,7 @@ import os
 import pathlib
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -68,3 +69,9 @@ def unwritable_dir(tmp_path):
         yield pathlib.Path("/sys/kernel/ddpm_keras_output")
     else:
         pytest.skip("no directory is unwritable for root on this system")
+
+
+# CI runs a fixed set of examples (reproducible); locally each run explores anew.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")

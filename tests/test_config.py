@@ -80,6 +80,7 @@ def test_unknown_preset_and_field_are_rejected():
         ("channel_multipliers", False),
         ("base_channels", 7),
         ("norm_groups", 7),
+        ("norm_groups", 16),  # smoke: base_channels 8, levels 8 and 16
         ("attention", "yes"),
         ("dataset", ""),
         ("output_dir", None),
@@ -94,6 +95,12 @@ def test_each_bad_field_is_named(field, value):
         get_config("smoke", **{field: value}) if value is not None else dataclasses.replace(
             get_config("smoke"), **{field: value}
         )
+
+
+def test_eta_only_with_ddim():
+    assert get_config("smoke", sampler="ddpm").eta == 0.0
+    with pytest.raises(ValueError, match="eta=0.5"):
+        get_config("smoke", sampler="ddpm", eta=0.5)
 
 
 def test_beta_order_is_checked():

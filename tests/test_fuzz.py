@@ -3,7 +3,9 @@ and usable, or rejected with a ValueError / usage error, never anything else."""
 
 import dataclasses
 import math
+import os
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -104,3 +106,44 @@ def test_random_command_lines_parse_or_fail_cleanly(argv):
         assert "Received:" in str(error)
         return
     assert isinstance(config, DiffusionConfig)
+
+
+run_settings = st.fixed_dictionaries(
+    {
+        "schedule": st.sampled_from(["linear", "cosine"]),
+        "timesteps": st.integers(2, 1000),
+        "learning_rate": st.floats(1e-5, 1e-2),
+        "ema_decay": st.floats(0.0, 1.0),
+        "sampler": st.sampled_from(["ddim", "ddpm"]),
+        "sample_steps": st.integers(1, 60),
+        "eta": st.floats(0.0, 1.0),
+        "seed": st.integers(0, 2**31),
+        "gradient_clip_norm": st.none() | st.floats(0.01, 10.0),
+    }
+)
+
+
+@pytest.mark.slow
+@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
+@given(changes=run_settings)
+def test_accepted_configs_run_the_smoke_path(changes, manual_dir, tfds_data_dir, tmp_path):
+    from ddpm_keras.training import train
+
+    try:
+        config = get_config(
+            "smoke",
+            epochs=1,
+            max_train_examples=32,
+            batch_size=16,
+            num_samples=2,
+            sample_every=0,
+            manual_dir=manual_dir,
+            data_dir=tfds_data_dir,
+            output_dir=str(tmp_path / f"run{changes['seed']}"),
+            **changes,
+        )
+    except ValueError:
+        return
+    history = train(config)
+    assert len(history["loss"]) == 1 and math.isfinite(history["loss"][0])
+    assert os.path.isfile(config.model_path) and os.path.isfile(config.samples_path)
