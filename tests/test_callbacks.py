@@ -86,14 +86,15 @@ def test_default_callbacks_follow_the_config(tmp_path):
     config = get_config("smoke", output_dir=str(tmp_path))
     callbacks = default_callbacks(config)
     kinds = [type(c) for c in callbacks]
+    # BackupAndRestore last: an epoch is "done" only after all else recorded it.
     assert kinds == [
-        keras.callbacks.BackupAndRestore,
         NonFiniteLossGuard,
         ModelCheckpoints,
         MetricsJSON,
         SampleGrid,
+        keras.callbacks.BackupAndRestore,
     ]
-    grid = callbacks[-1]
+    grid = callbacks[3]
     assert grid.steps == config.sample_steps and grid.every == config.sample_every
     with pytest.raises(ValueError, match="every=-1"):
         SampleGrid(tmp_path, every=-1)

@@ -11,11 +11,12 @@ from ddpm_keras.callbacks.samples import SampleGrid
 def default_callbacks(config):
     """The callbacks a `DiffusionConfig` run uses, in order.
 
-    Resume (`BackupAndRestore`) first, then the non-finite-loss guard,
-    checkpoints, metrics and samples.
+    The non-finite-loss guard, checkpoints, metrics and samples, then
+    `BackupAndRestore` last: an epoch counts as done for a resumed run only
+    once everything else has recorded it, so a kill between two callbacks
+    makes the rerun repeat that epoch rather than skip its record.
     """
     return [
-        backup_and_restore(config.backup_dir),
         NonFiniteLossGuard(checkpoint_hint=os.path.join(config.checkpoint_dir, "last.keras")),
         ModelCheckpoints(config.checkpoint_dir),
         MetricsJSON(config.metrics_path),
@@ -29,6 +30,7 @@ def default_callbacks(config):
             eta=config.eta,
             seed=config.seed,
         ),
+        backup_and_restore(config.backup_dir),
     ]
 
 
