@@ -94,6 +94,7 @@ def test_default_callbacks_follow_the_config(tmp_path):
         SampleGrid,
         keras.callbacks.BackupAndRestore,
     ]
+    assert callbacks[0].checkpoint_hint == callbacks[1].last_path
     grid = callbacks[3]
     assert grid.steps == config.sample_steps and grid.every == config.sample_every
     with pytest.raises(ValueError, match="every=-1"):

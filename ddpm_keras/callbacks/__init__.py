@@ -1,7 +1,5 @@
 """Keras callbacks of ddpm_keras; ordinary Keras callbacks plug in beside them."""
 
-import os
-
 from ddpm_keras.callbacks.checkpoints import ModelCheckpoints, backup_and_restore
 from ddpm_keras.callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
 from ddpm_keras.callbacks.metrics import MetricsJSON
@@ -16,9 +14,10 @@ def default_callbacks(config):
     once everything else has recorded it, so a kill between two callbacks
     makes the rerun repeat that epoch rather than skip its record.
     """
+    checkpoints = ModelCheckpoints(config.checkpoint_dir)
     return [
-        NonFiniteLossGuard(checkpoint_hint=os.path.join(config.checkpoint_dir, "last.keras")),
-        ModelCheckpoints(config.checkpoint_dir),
+        NonFiniteLossGuard(checkpoint_hint=checkpoints.last_path),
+        checkpoints,
         MetricsJSON(config.metrics_path),
         SampleGrid(
             config.samples_dir,

@@ -35,11 +35,9 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            where = (
-                f" The last good checkpoint is {self.checkpoint_hint}."
-                if (self.checkpoint_hint)
-                else ""
-            )
+            where = ""
+            if self.checkpoint_hint:
+                where = f" The last good checkpoint is {self.checkpoint_hint}."
             raise NonFiniteLossError(
                 f"Training stopped: the loss became {float(loss)} at epoch "
                 f"{self._epoch + 1}, step {batch + 1}.{where} Lower the learning "
