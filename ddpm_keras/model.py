@@ -175,9 +175,30 @@ class DiffusionModel(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
     def _update_ema(self):
+        """ema <- decay * ema + (1 - decay) * weight, for every weight.
+
+        Runs in cross-replica context through `merge_call`, like the Keras
+        optimizer's own updates: under `tf.distribute`, a replica may not
+        assign to a mirrored variable, and `extended.update` applies the same
+        update on every device (the weights are equal across replicas after
+        `apply_gradients`). On one device this is a plain loop of assigns.
+        """
         decay = self.ema_decay
-        for ema_weight, weight in zip(self.ema_network.weights, self.network.weights, strict=True):
-            ema_weight.assign(decay * ema_weight + (1.0 - decay) * weight)
+
+        def update(ema_weight, weight):
+            return ema_weight.assign(decay * ema_weight + (1.0 - decay) * weight)
+
+        def update_all(strategy, pairs):
+            for ema_weight, weight in pairs:
+                strategy.extended.update(ema_weight, update, args=(weight,), group=False)
+
+        pairs = [
+            (ema_weight.value, weight.value)
+            for ema_weight, weight in zip(
+                self.ema_network.weights, self.network.weights, strict=True
+            )
+        ]
+        tf.distribute.get_replica_context().merge_call(update_all, args=(pairs,))
 
     # Sampling -------------------------------------------------------------
 
