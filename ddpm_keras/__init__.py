@@ -1,7 +1,8 @@
 """ddpm-keras: Denoising Diffusion Probabilistic Models in Keras 3 / TensorFlow."""
 
-from ddpm_keras.config import DiffusionConfig, get_config, get_strategy
+from ddpm_keras.config import DiffusionConfig, get_config
 from ddpm_keras.data import DataUnavailableError, load_dataset
+from ddpm_keras.distribute import is_chief, make_strategy
 from ddpm_keras.model import DiffusionModel, build_model, load_diffusion_model
 from ddpm_keras.samplers import DDIMSampler, DDPMSampler, get_sampler
 from ddpm_keras.schedule import NoiseSchedule
@@ -22,8 +23,9 @@ __all__ = [
     "generate_samples",
     "get_config",
     "get_sampler",
-    "get_strategy",
+    "is_chief",
     "load_dataset",
     "load_diffusion_model",
+    "make_strategy",
     "train",
 ]

@@ -13,7 +13,7 @@ import os
 import sys
 
 from ddpm_keras.callbacks.guards import NonFiniteLossError
-from ddpm_keras.config import PRESETS, get_config
+from ddpm_keras.config import PRECISIONS, PRESETS, STRATEGIES, get_config
 from ddpm_keras.data import DataUnavailableError
 from ddpm_keras.samplers import SAMPLER_NAMES, get_sampler
 from ddpm_keras.schedule import SCHEDULE_NAMES
@@ -46,6 +46,22 @@ def train_parser():
         help="folder with the dataset's original .gz files, for offline use",
     )
     parser.add_argument("--data-dir", help="TFDS data directory")
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        help="auto (several GPUs: mirrored), default (one device), mirrored, "
+        "multiworker (cluster from TF_CONFIG) or tpu",
+    )
+    parser.add_argument(
+        "--devices", nargs="+", help="devices for --strategy mirrored, e.g. GPU:0 GPU:1"
+    )
+    parser.add_argument("--precision", choices=PRECISIONS, help="dtype policy of the network")
+    parser.add_argument(
+        "--jit-compile",
+        action="store_true",
+        default=None,
+        help="compile the training step with XLA",
+    )
     return parser
 
 

@@ -14,6 +14,8 @@ DEFAULT_OUTPUT_DIR = os.path.join("artifacts", "tensorflow_diffusion")
 
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ddim", "ddpm")
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +56,14 @@ class DiffusionConfig:
         sample_steps: Sampling steps for grids (`ddpm` always uses T).
         eta: DDIM eta in [0, 1] (0: deterministic, 1: DDPM-like noise).
         output_dir: Where checkpoints, samples, the model and metrics go.
+        strategy: Distribution strategy: `"auto"`, `"default"`, `"mirrored"`,
+            `"multiworker"` or `"tpu"` (see `ddpm_keras.distribute`).
+        devices: Devices for `strategy="mirrored"`, e.g. `("GPU:0", "GPU:1")`
+            (`None`: all GPUs, else the CPU).
+        precision: Keras dtype policy of the network: `"float32"`,
+            `"mixed_float16"` or `"mixed_bfloat16"`. The schedule, the loss
+            and the samplers always run in float32.
+        jit_compile: Compile the training step with XLA.
     """
 
     preset: str = "custom"
@@ -90,11 +100,17 @@ class DiffusionConfig:
     eta: float = 0.0
     # Artifacts.
     output_dir: str = DEFAULT_OUTPUT_DIR
+    # Devices and numerics.
+    strategy: str = "auto"
+    devices: tuple[str, ...] | None = None
+    precision: str = "float32"
+    jit_compile: bool = False
 
     def __post_init__(self):
-        # Accept lists (JSON, argparse) for the tuple field, then check all.
-        if isinstance(self.channel_multipliers, list):
-            object.__setattr__(self, "channel_multipliers", tuple(self.channel_multipliers))
+        # Accept lists (JSON, argparse) for the tuple fields, then check all.
+        for name in ("channel_multipliers", "devices"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         validate_config(self)
 
     def replace(self, **changes) -> DiffusionConfig:
@@ -108,6 +124,8 @@ class DiffusionConfig:
         """Returns the config as a JSON-serializable dict."""
         values = dataclasses.asdict(self)
         values["channel_multipliers"] = list(self.channel_multipliers)
+        if self.devices is not None:
+            values["devices"] = list(self.devices)
         return values
 
     @property
@@ -242,6 +260,19 @@ def validate_config(config: DiffusionConfig) -> None:
         # Ancestral sampling has no eta; without this check the run would
         # fail only at its first sample grid.
         _fail("eta", config.eta, "must be 0 with sampler='ddpm' (eta is DDIM's)")
+    _check_choice(config, "strategy", STRATEGIES)
+    if config.devices is not None:
+        if (
+            not isinstance(config.devices, tuple)
+            or not config.devices
+            or any(not isinstance(d, str) or not d for d in config.devices)
+        ):
+            _fail("devices", config.devices, "must be a non-empty sequence of device names")
+        if config.strategy != "mirrored":
+            _fail("devices", config.devices, "applies only to strategy='mirrored'")
+    _check_choice(config, "precision", PRECISIONS)
+    if not isinstance(config.jit_compile, bool):
+        _fail("jit_compile", config.jit_compile, "must be True or False")
 
 
 # Presets. `smoke` runs in seconds for tests; `cpu` takes about 30 minutes on
@@ -323,14 +354,3 @@ def get_config(preset: str | None = None, **overrides) -> DiffusionConfig:
     values = dict(PRESETS[preset], preset=preset)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return DiffusionConfig(**values)
-
-
-def get_strategy():
-    """Returns the active `tf.distribute.Strategy`.
-
-    Single device for now: TensorFlow's default strategy, unless the caller
-    has entered another strategy's scope.
-    """
-    import tensorflow as tf
-
-    return tf.distribute.get_strategy()

@@ -138,15 +138,20 @@ class DiffusionModel(keras.Model):
             )
         return tf.cast(images, "float32")
 
+    def _draw_timesteps_and_noises(self, images):
+        """t ~ Uniform{0..T-1} and noise ~ N(0, I) for each image (Algorithm 1).
+
+        `tf.random`, not a Keras `SeedGenerator`: under `tf.distribute` every
+        replica must draw its own timesteps and noise.
+        """
+        timesteps = tf.random.uniform(
+            [tf.shape(images)[0]], minval=0, maxval=self.schedule.timesteps, dtype=tf.int32
+        )
+        return timesteps, tf.random.normal(tf.shape(images))
+
     def _noise_prediction_losses(self, images, training):
         """Per-example epsilon MSE at uniformly drawn t (Algorithm 1, eq. 14)."""
-        batch_size = tf.shape(images)[0]
-        # tf.random (not a Keras SeedGenerator) so that every replica draws its
-        # own timesteps and noise under tf.distribute.
-        timesteps = tf.random.uniform(
-            [batch_size], minval=0, maxval=self.schedule.timesteps, dtype=tf.int32
-        )
-        noises = tf.random.normal(tf.shape(images))
+        timesteps, noises = self._draw_timesteps_and_noises(images)
         noisy_images = self.schedule.q_sample(images, timesteps, noises)
         pred_noises = self.network([noisy_images, timesteps], training=training)
         pred_noises = tf.cast(pred_noises, "float32")
@@ -295,9 +300,12 @@ def build_model(config, image_shape):
         num_res_blocks=config.num_res_blocks,
         attention=config.attention,
         norm_groups=config.norm_groups,
+        dtype=config.precision,
     )
     schedule = NoiseSchedule(config.schedule, config.timesteps, config.beta_start, config.beta_end)
-    return DiffusionModel(network, schedule, ema_decay=config.ema_decay)
+    # The model's own policy decides whether `compile` wraps the optimizer in
+    # a LossScaleOptimizer (it does for mixed_float16).
+    return DiffusionModel(network, schedule, ema_decay=config.ema_decay, dtype=config.precision)
 
 
 def load_diffusion_model(path):

@@ -10,21 +10,35 @@ import os
 import keras
 
 from ddpm_keras.callbacks import default_callbacks
-from ddpm_keras.config import DiffusionConfig, get_strategy
+from ddpm_keras.config import DiffusionConfig
 from ddpm_keras.data import load_dataset
+from ddpm_keras.distribute import check_jit_compile, is_chief, make_strategy
 from ddpm_keras.files import ensure_writable_dir, save_image_grid, save_model, write_json
 from ddpm_keras.model import build_model, load_diffusion_model
 
 
-def start_run(config: DiffusionConfig):
+def start_run(config: DiffusionConfig, strategy=None):
     """Prepares a run: checks the output dir, records the config, seeds.
 
-    Writes `<output_dir>/config.json` and seeds Python, NumPy and TensorFlow
-    with `config.seed`.
+    Writes `<output_dir>/config.json` (on the chief only, in a multi-worker
+    run) and seeds Python, NumPy and TensorFlow with `config.seed`.
+
+    Returns:
+        The `tf.distribute.Strategy` to train under: `strategy`, or the one
+        `config.strategy` names (created here, before any other TensorFlow
+        work, as `MultiWorkerMirroredStrategy` requires).
+
+    Raises:
+        ValueError: `config.jit_compile` is impossible under the strategy.
     """
-    ensure_writable_dir(config.output_dir)
-    write_json(os.path.join(config.output_dir, "config.json"), config.to_dict())
+    if strategy is None:
+        strategy = make_strategy(config.strategy, config.devices)
+    check_jit_compile(strategy, config.jit_compile)
+    if is_chief(strategy):
+        ensure_writable_dir(config.output_dir)
+        write_json(os.path.join(config.output_dir, "config.json"), config.to_dict())
     keras.utils.set_random_seed(config.seed)
+    return strategy
 
 
 def build_optimizer(config: DiffusionConfig):
@@ -46,18 +60,19 @@ def train(config: DiffusionConfig, callbacks=()) -> dict:
     Returns:
         The Keras history dict: metric name -> list of per-epoch values.
     """
-    start_run(config)
+    strategy = start_run(config)
     train_ds, val_ds, image_shape = load_dataset(config)
-    with get_strategy().scope():
+    with strategy.scope():
         model = build_model(config, image_shape)
-        model.compile(optimizer=build_optimizer(config))
+        model.compile(optimizer=build_optimizer(config), jit_compile=config.jit_compile)
     history = model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
-        callbacks=default_callbacks(config) + list(callbacks),
+        callbacks=default_callbacks(config, strategy) + list(callbacks),
     )
-    save_model(model, config.model_path)
+    if is_chief(strategy):
+        save_model(model, config.model_path)
     return history.history
 
 

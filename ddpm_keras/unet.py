@@ -159,6 +159,7 @@ def build_unet(
     num_res_blocks=2,
     attention=True,
     norm_groups=8,
+    dtype=None,
     name="unet",
 ):
     """Builds the noise-prediction UNet as a functional Keras model.
@@ -175,6 +176,8 @@ def build_unet(
         num_res_blocks: Residual blocks per level (the decoder has one more).
         attention: Self-attention in the bottleneck (lowest resolution).
         norm_groups: Groups of every GroupNormalization.
+        dtype: Keras dtype policy of the layers, e.g. `"mixed_float16"`
+            (`None`: the global policy). The output layer is always float32.
         name: Model name.
 
     Returns:
@@ -213,48 +216,55 @@ def build_unet(
     timesteps = keras.Input(shape=(), dtype="int32", name="timesteps")
 
     embedding_dim = base_channels * 4
-    time_embedding = SinusoidalEmbedding(base_channels, name="time_sinusoidal")(timesteps)
-    time_embedding = layers.Dense(embedding_dim, activation="swish", name="time_dense1")(
-        time_embedding
+    time_embedding = SinusoidalEmbedding(base_channels, name="time_sinusoidal", dtype=dtype)(
+        timesteps
     )
-    time_embedding = layers.Dense(embedding_dim, name="time_dense2")(time_embedding)
+    time_embedding = layers.Dense(
+        embedding_dim, activation="swish", name="time_dense1", dtype=dtype
+    )(time_embedding)
+    time_embedding = layers.Dense(embedding_dim, name="time_dense2", dtype=dtype)(time_embedding)
 
-    x = layers.Conv2D(base_channels, 3, padding="same", name="conv_in")(noisy_images)
+    x = layers.Conv2D(base_channels, 3, padding="same", name="conv_in", dtype=dtype)(noisy_images)
     skips = [x]
     last_level = len(channel_multipliers) - 1
     for level, multiplier in enumerate(channel_multipliers):
         for block in range(num_res_blocks):
             x = ResidualBlock(
-                base_channels * multiplier, norm_groups, name=f"down{level}_res{block}"
+                base_channels * multiplier, norm_groups, name=f"down{level}_res{block}", dtype=dtype
             )([x, time_embedding])
             skips.append(x)
         if level != last_level:
-            x = layers.Conv2D(x.shape[-1], 3, strides=2, padding="same", name=f"down{level}_conv")(
-                x
-            )
+            x = layers.Conv2D(
+                x.shape[-1], 3, strides=2, padding="same", name=f"down{level}_conv", dtype=dtype
+            )(x)
             skips.append(x)
 
     bottleneck_channels = base_channels * channel_multipliers[-1]
-    x = ResidualBlock(bottleneck_channels, norm_groups, name="mid_res0")([x, time_embedding])
+    x = ResidualBlock(bottleneck_channels, norm_groups, name="mid_res0", dtype=dtype)(
+        [x, time_embedding]
+    )
     if attention:
-        x = SelfAttention2D(norm_groups, name="mid_attention")(x)
-    x = ResidualBlock(bottleneck_channels, norm_groups, name="mid_res1")([x, time_embedding])
+        x = SelfAttention2D(norm_groups, name="mid_attention", dtype=dtype)(x)
+    x = ResidualBlock(bottleneck_channels, norm_groups, name="mid_res1", dtype=dtype)(
+        [x, time_embedding]
+    )
 
     for level in reversed(range(len(channel_multipliers))):
         for block in range(num_res_blocks + 1):
-            x = layers.Concatenate(name=f"up{level}_concat{block}")([x, skips.pop()])
+            x = layers.Concatenate(name=f"up{level}_concat{block}", dtype=dtype)([x, skips.pop()])
             x = ResidualBlock(
                 base_channels * channel_multipliers[level],
                 norm_groups,
                 name=f"up{level}_res{block}",
+                dtype=dtype,
             )([x, time_embedding])
         if level != 0:
             x = layers.Conv2DTranspose(
-                x.shape[-1], 4, strides=2, padding="same", name=f"up{level}_upsample"
+                x.shape[-1], 4, strides=2, padding="same", name=f"up{level}_upsample", dtype=dtype
             )(x)
 
-    x = layers.GroupNormalization(norm_groups, epsilon=1e-5, name="norm_out")(x)
-    x = layers.Activation("swish", name="swish_out")(x)
+    x = layers.GroupNormalization(norm_groups, epsilon=1e-5, name="norm_out", dtype=dtype)(x)
+    x = layers.Activation("swish", name="swish_out", dtype=dtype)(x)
     # float32 output so that the loss stays in float32 under mixed precision.
     pred_noises = layers.Conv2D(
         image_shape[-1], 3, padding="same", dtype="float32", name="conv_out"

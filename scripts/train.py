@@ -10,8 +10,8 @@ import keras
 
 from ddpm_keras.callbacks import default_callbacks
 from ddpm_keras.cli import config_from_args, train_parser, user_errors_exit
-from ddpm_keras.config import get_strategy
 from ddpm_keras.data import load_dataset
+from ddpm_keras.distribute import is_chief
 from ddpm_keras.files import save_model
 from ddpm_keras.model import build_model
 from ddpm_keras.training import build_optimizer, start_run
@@ -21,20 +21,23 @@ from ddpm_keras.training import build_optimizer, start_run
 def main(argv=None):
     config = config_from_args(train_parser().parse_args(argv))
     print(f"Preset '{config.preset}', writing to {config.output_dir}")
-    start_run(config)  # checks the output dir, writes config.json, seeds
+    # Creates the distribution strategy first (multi-worker needs that),
+    # checks the output dir, writes config.json and seeds.
+    strategy = start_run(config)
 
     train_ds, val_ds, image_shape = load_dataset(config)
-    with get_strategy().scope():
+    with strategy.scope():  # model, optimizer and metrics live on every replica
         model = build_model(config, image_shape)
-        model.compile(optimizer=build_optimizer(config))  # or any Keras optimizer
+        model.compile(optimizer=build_optimizer(config), jit_compile=config.jit_compile)
 
-    callbacks = default_callbacks(config) + [
-        keras.callbacks.CSVLogger(f"{config.output_dir}/history.csv", append=True),
+    callbacks = default_callbacks(config, strategy)
+    if is_chief(strategy):  # in a multi-worker run, only the chief writes files
         # Your own callbacks go here, e.g. keras.callbacks.TensorBoard(...).
-    ]
+        callbacks.append(keras.callbacks.CSVLogger(f"{config.output_dir}/history.csv", append=True))
     model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks)
-    save_model(model, config.model_path)  # final model, EMA weights included
-    print(f"Saved {config.model_path}, {config.samples_path}, {config.metrics_path}")
+    if is_chief(strategy):
+        save_model(model, config.model_path)  # final model, EMA weights included
+        print(f"Saved {config.model_path}, {config.samples_path}, {config.metrics_path}")
     return 0
 
 

@@ -8,6 +8,23 @@ from hypothesis import settings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+def _split_cpu_into_two_logical_devices():
+    """Two logical CPUs ("CPU:0", "CPU:1") for the MirroredStrategy tests.
+
+    Must run before TensorFlow initialises its devices, hence at import of
+    this conftest. Single-device code still runs on CPU:0.
+    """
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+
+
+_split_cpu_into_two_logical_devices()
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 

@@ -4,17 +4,29 @@ from ddpm_keras.callbacks.checkpoints import ModelCheckpoints, backup_and_restor
 from ddpm_keras.callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
 from ddpm_keras.callbacks.metrics import MetricsJSON
 from ddpm_keras.callbacks.samples import SampleGrid
+from ddpm_keras.distribute import is_chief, worker_backup_dir
 
 
-def default_callbacks(config):
+def default_callbacks(config, strategy=None):
     """The callbacks a `DiffusionConfig` run uses, in order.
 
     The non-finite-loss guard, checkpoints, metrics and samples, then
     `BackupAndRestore` last: an epoch counts as done for a resumed run only
     once everything else has recorded it, so a kill between two callbacks
     makes the rerun repeat that epoch rather than skip its record.
+
+    Args:
+        config: The run's `DiffusionConfig`.
+        strategy: The run's `tf.distribute.Strategy` (`None`: one device). In
+            a multi-worker run, only the chief writes artifacts; the other
+            workers keep the guard and a private backup to resume from.
     """
     checkpoints = ModelCheckpoints(config.checkpoint_dir)
+    if strategy is not None and not is_chief(strategy):
+        return [
+            NonFiniteLossGuard(checkpoint_hint=checkpoints.last_path),
+            backup_and_restore(worker_backup_dir(config.backup_dir, strategy)),
+        ]
     return [
         NonFiniteLossGuard(checkpoint_hint=checkpoints.last_path),
         checkpoints,
