@@ -15,20 +15,9 @@ from ddpm_keras.distribute import check_jit_compile, is_chief, make_strategy, wo
 from ddpm_keras.model import DiffusionModel
 from ddpm_keras.schedule import NoiseSchedule
 
+from .fakes import ImageDerivedNoiseModel
+
 TWO_CPUS = ["CPU:0", "CPU:1"]
-
-
-class ImageDerivedNoiseModel(DiffusionModel):
-    """Timesteps and noise computed from each image, not drawn at random.
-
-    Each example gets the same t and noise wherever it runs, so one device
-    and two replicas see exactly the same training problem.
-    """
-
-    def _draw_timesteps_and_noises(self, images):
-        sums = tf.reduce_sum(images, axis=[1, 2, 3])
-        timesteps = tf.cast(tf.math.floormod(tf.abs(sums) * 1000.0, 100.0), tf.int32)
-        return timesteps, tf.sin(images * 37.0 + 1.0)
 
 
 @pytest.fixture

@@ -10,8 +10,10 @@ import pytest
 from ddpm_keras.files import save_model
 from ddpm_keras.model import DiffusionModel, load_diffusion_model
 from ddpm_keras.schedule import NoiseSchedule
+from ddpm_keras.unet import build_unet
 
 from .conftest import REPO_ROOT
+from .fakes import ImageDerivedNoiseModel
 
 
 @pytest.fixture
@@ -242,3 +244,93 @@ def test_reloaded_model_keeps_optimizer_state_and_frozen_ema(tiny_model, images,
     assert int(loaded.optimizer.iterations.numpy()) == int(model.optimizer.iterations.numpy())
     for saved, original in zip(loaded.optimizer.variables, model.optimizer.variables, strict=True):
         np.testing.assert_array_equal(saved.numpy(), original.numpy())
+
+
+# Precision and XLA ---------------------------------------------------------
+
+
+def tiny_model_with_policy(policy, model_class=DiffusionModel):
+    keras.utils.set_random_seed(0)
+    network = build_unet(
+        (8, 8, 1),
+        base_channels=8,
+        channel_multipliers=(1, 2),
+        num_res_blocks=1,
+        attention=True,
+        norm_groups=4,
+        dtype=policy,
+    )
+    schedule = NoiseSchedule("linear", timesteps=100)
+    return model_class(network, schedule, ema_decay=0.9, dtype=policy)
+
+
+def one_sgd_step_delta(policy, images):
+    """How far one SGD step moves the network's weights (global L2 norm)."""
+    model = tiny_model_with_policy(policy, ImageDerivedNoiseModel)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    before = model.network.get_weights()
+    model.fit(images, batch_size=len(images), epochs=1, verbose=0)
+    after = model.network.get_weights()
+    return model, np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(after, before, strict=True)))
+
+
+def test_mixed_float16_step_matches_float32_step(images):
+    _, float32_delta = one_sgd_step_delta("float32", images)
+    model, mixed_delta = one_sgd_step_delta("mixed_float16", images)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    # Without optimizer.scale_loss in train_step, the loss-scale optimizer
+    # would unscale unscaled gradients: a step about 32768 times too small.
+    assert mixed_delta == pytest.approx(float32_delta, rel=0.05)
+
+
+def test_loss_scale_optimizer_skips_overflowing_steps(images):
+    model = tiny_model_with_policy("mixed_float16")
+    # A loss scale so large that float16 gradients overflow to inf.
+    optimizer = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(0.1), initial_scale=2.0**100
+    )
+    model.compile(optimizer=optimizer)
+    before = model.network.get_weights()
+    history = model.fit(images, batch_size=len(images), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])  # the loss itself is float32
+    for weight_before, weight_after in zip(before, model.network.get_weights(), strict=True):
+        np.testing.assert_array_equal(weight_after, weight_before)
+    assert float(optimizer.dynamic_scale.numpy()) == 2.0**99
+
+
+@pytest.mark.parametrize(
+    ("policy", "reload_policy"),
+    # float32 training is covered above; here it is the policy reloaded into.
+    [("mixed_float16", "float32"), ("mixed_bfloat16", "float32")],
+)
+def test_each_precision_trains_and_reloads_under_another(policy, reload_policy, images, tmp_path):
+    model = tiny_model_with_policy(policy)
+    assert model.network.get_layer("conv_in").compute_dtype == policy.removeprefix("mixed_")
+    assert model.network.output.dtype == "float32"
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    losses = model.fit(images, batch_size=16, epochs=8, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < 0.7 * losses[0], losses
+    path = tmp_path / "model.keras"
+    save_model(model, path)
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(reload_policy)
+    try:
+        reloaded = load_diffusion_model(path)
+        samples = reloaded.generate(4, steps=3, seed=0)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    assert reloaded.dtype_policy.name == policy  # the saved policy, not the global one
+    assert samples.shape == (4, 8, 8, 1)
+    assert np.all(np.isfinite(samples))
+
+
+def test_xla_gives_the_graph_mode_loss_trajectory(images):
+    trajectories = {}
+    for jit_compile in (False, True):
+        model = tiny_model_with_policy("float32", ImageDerivedNoiseModel)
+        model.compile(optimizer=keras.optimizers.Adam(3e-3), jit_compile=jit_compile)
+        trajectories[jit_compile] = model.fit(images, batch_size=16, epochs=5, verbose=0).history[
+            "loss"
+        ]
+    np.testing.assert_allclose(trajectories[True], trajectories[False], rtol=1e-4)
