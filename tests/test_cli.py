@@ -142,9 +142,16 @@ def test_console_entry_point_and_python_api(manual_dir, tfds_data_dir, tmp_path)
         (["--batch-size", "0"], "batch_size=0"),
         (["--learning-rate", "0"], "learning_rate=0.0"),
         (["--max-train-examples", "0"], "max_train_examples=0"),
+        (["--devices", "CPU:0"], "applies only to strategy='mirrored'"),
+        (["--strategy", "multiworker"], "TF_CONFIG"),
+        (
+            ["--strategy", "mirrored", "--devices", "CPU:0", "CPU:1", "--jit-compile"],
+            "jit_compile=True",
+        ),
     ],
 )
-def test_train_rejects_bad_values_without_traceback(argv, message, capsys, tmp_path):
+def test_train_rejects_bad_values_without_traceback(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     code = train_main(["--preset", "smoke", "--output-dir", str(tmp_path), *argv])
     captured = capsys.readouterr()
     assert code == 2
@@ -153,7 +160,14 @@ def test_train_rejects_bad_values_without_traceback(argv, message, capsys, tmp_p
 
 
 @pytest.mark.parametrize(
-    "argv", [["--preset", "huge"], ["--schedule", "quadratic"], ["--epochs", "x"]]
+    "argv",
+    [
+        ["--preset", "huge"],
+        ["--schedule", "quadratic"],
+        ["--epochs", "x"],
+        ["--strategy", "gpu"],
+        ["--precision", "float16"],
+    ],
 )
 def test_train_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as info:

@@ -8,7 +8,6 @@ from ddpm_keras.config import (
     DiffusionConfig,
     detect_preset,
     get_config,
-    get_strategy,
 )
 
 
@@ -88,6 +87,10 @@ def test_unknown_preset_and_field_are_rejected():
         ("seed", -1),
         ("sample_every", -1),
         ("num_samples", 0),
+        ("strategy", "gpu"),
+        ("devices", ("CPU:0",)),  # smoke's strategy is auto, not mirrored
+        ("precision", "float16"),
+        ("jit_compile", "yes"),
     ],
 )
 def test_each_bad_field_is_named(field, value):
@@ -113,8 +116,10 @@ def test_to_dict_round_trip():
     assert DiffusionConfig(**config.to_dict()) == config
 
 
-def test_strategy_accessor_returns_default_strategy():
-    import tensorflow as tf
-
-    assert get_strategy() is tf.distribute.get_strategy()
-    assert get_strategy().num_replicas_in_sync == 1
+def test_devices_go_with_mirrored_and_survive_the_round_trip():
+    config = get_config("smoke", strategy="mirrored", devices=["CPU:0", "CPU:1"])
+    assert config.devices == ("CPU:0", "CPU:1")
+    assert DiffusionConfig(**config.to_dict()) == config
+    for devices in ((), ("",), ("CPU:0", 1)):
+        with pytest.raises(ValueError, match="Received: devices="):
+            get_config("smoke", strategy="mirrored", devices=devices)
