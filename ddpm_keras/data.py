@@ -145,4 +145,9 @@ def load_dataset(config):
         .batch(config.batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
-    return train_ds, val_ds, image_shape
+    # Under MultiWorkerMirroredStrategy each worker reads the whole dataset
+    # and keeps its share of every global batch. (TFDS keeps a split in few
+    # files, too few to shard files between workers.)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return train_ds.with_options(options), val_ds.with_options(options), image_shape

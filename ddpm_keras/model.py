@@ -171,13 +171,27 @@ class DiffusionModel(keras.Model):
         self.optimizer.apply_gradients(zip(gradients, trainable_weights, strict=True))
         self._update_ema()
         self.loss_tracker.update_state(per_example_losses)
-        return {"loss": self.loss_tracker.result()}
+        return self._step_logs()
 
     def test_step(self, data):
         images = self._images_from(data)
         per_example_losses = self._noise_prediction_losses(images, training=False)
         self.loss_tracker.update_state(per_example_losses)
-        return {"loss": self.loss_tracker.result()}
+        return self._step_logs()
+
+    def _step_logs(self):
+        loss = self.loss_tracker.result()
+        strategy = tf.distribute.get_strategy()
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+            strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
+        ):
+            # Workaround for keras-team/keras#20585 (Keras 3.15): with several
+            # workers, fit/evaluate reduce every step output with
+            # strategy.reduce("MEAN", value, axis=0), which rejects a scalar.
+            # A [1] tensor reduces back to the scalar mean over replicas.
+            # tests/test_multiworker.py fails if this stops working.
+            loss = tf.reshape(loss, [1])
+        return {"loss": loss}
 
     def _update_ema(self):
         """ema <- decay * ema + (1 - decay) * weight, for every weight.
