@@ -48,6 +48,8 @@ def make_strategy(name="auto", devices=None):
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
+        if devices:
+            _check_devices_exist(devices)
         return tf.distribute.MirroredStrategy(devices=list(devices) if devices else None)
     if name == "multiworker":
         _check_tf_config()
@@ -56,6 +58,27 @@ def make_strategy(name="auto", devices=None):
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
+
+
+def _device_key(name):
+    spec = tf.DeviceSpec.from_string(name)
+    return (spec.device_type or "").upper(), spec.device_index
+
+
+def _check_devices_exist(devices):
+    """MirroredStrategy accepts any name and fails only later, inside `fit`."""
+    available = [device.name for device in tf.config.list_logical_devices()]
+    available_keys = {_device_key(name) for name in available}
+    for device in devices:
+        try:
+            key = _device_key(device)
+        except ValueError:
+            key = None
+        if key not in available_keys:
+            raise ValueError(
+                f"Unknown device {device!r}; this machine has {available}. "
+                f"Received: devices={list(devices)!r}"
+            )
 
 
 def _check_tf_config():

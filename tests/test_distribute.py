@@ -91,6 +91,9 @@ def test_make_strategy_names():
     [
         ("gloo", None, "strategy='gloo'"),
         ("default", ["CPU:0"], "applies only to strategy='mirrored'"),
+        ("mirrored", ["CPU:0", "GPU:0"], "Unknown device 'GPU:0'"),
+        ("mirrored", ["CPU:0", "CPU:7"], "Unknown device 'CPU:7'"),
+        ("mirrored", ["toaster"], "Unknown device 'toaster'"),
     ],
 )
 def test_make_strategy_rejects_bad_arguments(name, devices, message):
