@@ -47,6 +47,12 @@ def train_parser():
     )
     parser.add_argument("--data-dir", help="TFDS data directory")
     parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help="log scalars and sample grids to <output-dir>/tensorboard",
+    )
+    parser.add_argument(
         "--strategy",
         choices=STRATEGIES,
         help="auto (several GPUs: mirrored), default (one device), mirrored, "

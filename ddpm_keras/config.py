@@ -56,6 +56,8 @@ class DiffusionConfig:
         sample_steps: Sampling steps for grids (`ddpm` always uses T).
         eta: DDIM eta in [0, 1] (0: deterministic, 1: DDPM-like noise).
         output_dir: Where checkpoints, samples, the model and metrics go.
+        tensorboard: Also log scalars and sample grids for TensorBoard, under
+            `<output_dir>/tensorboard`.
         strategy: Distribution strategy: `"auto"`, `"default"`, `"mirrored"`,
             `"multiworker"` or `"tpu"` (see `ddpm_keras.distribute`).
         devices: Devices for `strategy="mirrored"`, e.g. `("GPU:0", "GPU:1")`
@@ -100,6 +102,7 @@ class DiffusionConfig:
     eta: float = 0.0
     # Artifacts.
     output_dir: str = DEFAULT_OUTPUT_DIR
+    tensorboard: bool = False
     # Devices and numerics.
     strategy: str = "auto"
     devices: tuple[str, ...] | None = None
@@ -139,6 +142,10 @@ class DiffusionConfig:
     @property
     def samples_dir(self) -> str:
         return os.path.join(self.output_dir, "samples")
+
+    @property
+    def tensorboard_dir(self) -> str:
+        return os.path.join(self.output_dir, "tensorboard")
 
     @property
     def model_path(self) -> str:
@@ -271,8 +278,9 @@ def validate_config(config: DiffusionConfig) -> None:
         if config.strategy != "mirrored":
             _fail("devices", config.devices, "applies only to strategy='mirrored'")
     _check_choice(config, "precision", PRECISIONS)
-    if not isinstance(config.jit_compile, bool):
-        _fail("jit_compile", config.jit_compile, "must be True or False")
+    for name in ("jit_compile", "tensorboard"):
+        if not isinstance(getattr(config, name), bool):
+            _fail(name, getattr(config, name), "must be True or False")
 
 
 # Presets. `smoke` runs in seconds for tests; `cpu` takes about 30 minutes on

@@ -88,10 +88,9 @@ def save_image_grid(images, path, title=None, columns=None):
         title: Optional figure title.
         columns: Grid columns; default: the square root of N, rounded up.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure draws without pyplot, so the caller's backend (e.g. a
+    # notebook's inline plots) is left alone.
+    from matplotlib.figure import Figure
 
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -101,12 +100,8 @@ def save_image_grid(images, path, title=None, columns=None):
     count = images.shape[0]
     columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(
-        rows,
-        columns,
-        figsize=(columns * 1.0, rows * 1.0 + (0.4 if title else 0.0)),
-        squeeze=False,
-    )
+    figure = Figure(figsize=(columns * 1.0, rows * 1.0 + (0.4 if title else 0.0)))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index < count:
@@ -120,4 +115,3 @@ def save_image_grid(images, path, title=None, columns=None):
     figure.tight_layout(pad=0.2)
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=100)
-    plt.close(figure)

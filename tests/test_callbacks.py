@@ -1,5 +1,6 @@
 import csv
 import json
+import pathlib
 
 import keras
 import numpy as np
@@ -13,6 +14,7 @@ from ddpm_keras.callbacks import (
     SampleGrid,
     default_callbacks,
 )
+from ddpm_keras.callbacks.samples import tile_images
 from ddpm_keras.config import get_config
 from ddpm_keras.model import load_diffusion_model
 
@@ -66,6 +68,60 @@ def test_our_callbacks_beside_plain_keras_ones(tiny_model, images, tmp_path):
     assert best.image_shape == (8, 8, 1)
 
 
+def read_events(directory):
+    """{tag: [(step, value proto), ...]} from the TensorBoard event files in `directory`."""
+    import tensorflow as tf
+
+    events = {}
+    for path in sorted(pathlib.Path(directory).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                events.setdefault(value.tag, []).append((event.step, value))
+    return events
+
+
+def test_tensorboard_gets_scalars_and_sample_grids(tiny_model, images, tmp_path):
+    import tensorflow as tf
+
+    tiny_model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    log_dir = tmp_path / "tensorboard"
+    callbacks = [
+        SampleGrid(tmp_path / "samples", every=1, num_images=4, steps=2, tensorboard_dir=log_dir),
+        keras.callbacks.TensorBoard(str(log_dir)),
+    ]
+    tiny_model.fit(
+        images, validation_data=images[:16], batch_size=16, epochs=2, callbacks=callbacks, verbose=0
+    )
+    train = read_events(log_dir / "train")
+    validation = read_events(log_dir / "validation")
+    samples = read_events(log_dir / "samples")
+    for events, tag in (
+        (train, "epoch_loss"),
+        (train, "epoch_learning_rate"),
+        (validation, "epoch_loss"),
+    ):
+        assert [step for step, _ in events[tag]] == [0, 1], tag
+        assert all(np.isfinite(tf.make_ndarray(value.tensor)) for _, value in events[tag])
+    assert tf.make_ndarray(train["epoch_learning_rate"][0][1].tensor) == pytest.approx(1e-3)
+
+    assert [step for step, _ in samples["samples"]] == [0, 1]
+    width, height, png = tf.make_ndarray(samples["samples"][1][1].tensor)
+    grid = tf.io.decode_png(png).numpy()
+    assert (int(width), int(height)) == (16, 16) and grid.shape == (16, 16, 1)
+    # The logged image is the grid of the PNG written at the same epoch.
+    assert grid.std() > 0
+
+
+def test_tile_images_places_images_row_by_row():
+    images = np.stack([np.full((2, 3, 1), value) for value in (0.0, 0.25, 0.5, 0.75, 1.5)])
+    grid = tile_images(images)  # 5 images: 3 columns, 2 rows
+    assert grid.shape == (4, 9, 1) and grid.dtype == np.uint8
+    assert grid[0, 0, 0] == 0 and grid[0, 3, 0] == 64 and grid[0, 6, 0] == 128
+    assert grid[2, 0, 0] == 191 and grid[2, 3, 0] == 255  # 1.5 clipped to 1
+    assert grid[2, 6, 0] == 0  # the empty cell stays black
+    assert tile_images(images, columns=5).shape == (2, 15, 1)
+
+
 def test_metrics_json_continues_a_resumed_run(tiny_model, tmp_path):
     tiny_model.compile(optimizer=keras.optimizers.Adam(2e-4))
     path = tmp_path / "metrics.json"
@@ -97,8 +153,18 @@ def test_default_callbacks_follow_the_config(tmp_path):
     assert callbacks[0].checkpoint_hint == callbacks[1].last_path
     grid = callbacks[3]
     assert grid.steps == config.sample_steps and grid.every == config.sample_every
+    assert grid.tensorboard_dir is None
     with pytest.raises(ValueError, match="every=-1"):
         SampleGrid(tmp_path, every=-1)
+
+
+def test_default_callbacks_with_tensorboard(tmp_path):
+    config = get_config("smoke", output_dir=str(tmp_path), tensorboard=True)
+    callbacks = default_callbacks(config)
+    kinds = [type(c) for c in callbacks]
+    assert kinds[-2:] == [keras.callbacks.TensorBoard, keras.callbacks.BackupAndRestore]
+    assert callbacks[-2].log_dir == config.tensorboard_dir == str(tmp_path / "tensorboard")
+    assert callbacks[3].tensorboard_dir == config.tensorboard_dir
 
 
 class PoisonWeights(keras.callbacks.Callback):

@@ -58,6 +58,10 @@ def test_mirrored_step_equals_one_device_step(tiny_network, images):
     )
     # The logged loss is the global mean, not a replica's share of it.
     assert mirrored_loss == pytest.approx(single_loss, rel=1e-6)
+    # Sampling from mirrored variables (as SampleGrid does during fit).
+    np.testing.assert_allclose(
+        mirrored.generate(2, steps=3, seed=0), single.generate(2, steps=3, seed=0), atol=1e-5
+    )
 
 
 def test_replicas_draw_different_timesteps_and_noise(tiny_network, images):

@@ -58,3 +58,17 @@ def test_output_dir_checks(tmp_path):
 def test_unwritable_output_dir(unwritable_dir):
     with pytest.raises(ValueError, match="not writable"):
         ensure_writable_dir(unwritable_dir)
+
+
+def test_image_grid_leaves_the_matplotlib_backend_alone(tmp_path):
+    # A notebook's inline backend must survive a grid written during training.
+    import matplotlib
+
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        save_image_grid(np.zeros((2, 4, 4, 1)), tmp_path / "grid.png", title="t")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(previous)
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"

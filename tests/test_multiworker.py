@@ -34,6 +34,7 @@ def test_two_workers_train_to_equal_weights_and_only_the_chief_writes(
     manual_dir, tfds_data_dir, tmp_path
 ):
     from ddpm_keras.data import prepare_builder
+    from ddpm_keras.model import load_diffusion_model
 
     # Prepare the data once, so the two workers do not race to write it.
     prepare_builder("fashion_mnist", tfds_data_dir, manual_dir)
@@ -83,5 +84,10 @@ def test_two_workers_train_to_equal_weights_and_only_the_chief_writes(
     assert {"config.json", "metrics.json", "model.keras", "ddpm_samples.png"} <= chief_files
     assert "backup" not in chief_files  # removed at the end of training
     assert not (tmp_path / "out1").exists()  # worker 1 wrote no artifacts
+    # The chief's saved model holds the trained weights and loads on one device.
+    saved = load_diffusion_model(tmp_path / "out0" / "model.keras")
+    saved_weights = saved.network.get_weights() + saved.ema_network.get_weights()
+    for index, weight in enumerate(saved_weights):
+        np.testing.assert_array_equal(weight, chief[f"arr_{index}"])
     metrics = json.loads((tmp_path / "out0" / "metrics.json").read_text())
     assert np.isfinite(metrics[0]["loss"]) and np.isfinite(metrics[0]["val_loss"])

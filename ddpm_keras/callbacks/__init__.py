@@ -1,5 +1,7 @@
 """Keras callbacks of ddpm_keras; ordinary Keras callbacks plug in beside them."""
 
+import keras
+
 from ddpm_keras.callbacks.checkpoints import ModelCheckpoints, backup_and_restore
 from ddpm_keras.callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
 from ddpm_keras.callbacks.metrics import MetricsJSON
@@ -10,7 +12,8 @@ from ddpm_keras.distribute import is_chief, worker_backup_dir
 def default_callbacks(config, strategy=None):
     """The callbacks a `DiffusionConfig` run uses, in order.
 
-    The non-finite-loss guard, checkpoints, metrics and samples, then
+    The non-finite-loss guard, checkpoints, metrics and samples (and, with
+    `config.tensorboard`, `keras.callbacks.TensorBoard`), then
     `BackupAndRestore` last: an epoch counts as done for a resumed run only
     once everything else has recorded it, so a kill between two callbacks
     makes the rerun repeat that epoch rather than skip its record.
@@ -27,7 +30,8 @@ def default_callbacks(config, strategy=None):
             NonFiniteLossGuard(checkpoint_hint=checkpoints.last_path),
             backup_and_restore(worker_backup_dir(config.backup_dir, strategy)),
         ]
-    return [
+    tensorboard_dir = config.tensorboard_dir if config.tensorboard else None
+    callbacks = [
         NonFiniteLossGuard(checkpoint_hint=checkpoints.last_path),
         checkpoints,
         MetricsJSON(config.metrics_path),
@@ -40,9 +44,14 @@ def default_callbacks(config, strategy=None):
             steps=config.sample_steps if config.sampler == "ddim" else None,
             eta=config.eta,
             seed=config.seed,
+            tensorboard_dir=tensorboard_dir,
         ),
-        backup_and_restore(config.backup_dir),
     ]
+    if tensorboard_dir is not None:
+        # Epoch scalars: loss, val_loss, learning_rate, and any metric an
+        # earlier callback adds to the logs.
+        callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir))
+    return callbacks + [backup_and_restore(config.backup_dir)]
 
 
 __all__ = [

@@ -1,20 +1,43 @@
-"""Sample grids during and after training."""
+"""Sample grids during and after training, as PNG files and in TensorBoard."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import keras
+import numpy as np
 
 from ddpm_keras.files import save_image_grid
+
+
+def tile_images(images, columns=None):
+    """Tiles `[N, H, W, C]` images in [0, 1] into one `[rows*H, columns*W, C]` uint8 image.
+
+    Args:
+        images: Images in [0, 1].
+        columns: Images per row (`None`: a square-ish grid).
+    """
+    images = np.asarray(images)
+    count, height, width, channels = images.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    grid = np.zeros((rows * height, columns * width, channels), np.uint8)
+    for index, image in enumerate(np.clip(images, 0.0, 1.0)):
+        row, column = divmod(index, columns)
+        grid[row * height : (row + 1) * height, column * width : (column + 1) * width] = np.round(
+            image * 255
+        ).astype(np.uint8)
+    return grid
 
 
 class SampleGrid(keras.callbacks.Callback):
     """Writes a PNG grid of `model.generate` samples (EMA weights).
 
-    Every `every` epochs it writes `<directory>/epoch_NNN.png`; at the end of
-    training it writes `final_path`. The seed is fixed so that grids from
-    successive epochs show the same starting noise.
+    Every `every` epochs it writes `<directory>/epoch_NNN.png` (and, with
+    `tensorboard_dir`, the same grid as a TensorBoard image `samples` at step
+    epoch); at the end of training it writes `final_path`. The seed is fixed
+    so that grids from successive epochs show the same starting noise.
 
     Args:
         directory: Folder of the per-epoch grids.
@@ -25,6 +48,9 @@ class SampleGrid(keras.callbacks.Callback):
         steps: Sampling steps (`None`: the sampler's default).
         eta: DDIM eta.
         seed: Sampling seed.
+        tensorboard_dir: TensorBoard log dir for the grids (`None`: none);
+            they go to its `samples` subfolder, beside the `train` and
+            `validation` scalars of `keras.callbacks.TensorBoard`.
     """
 
     def __init__(
@@ -37,6 +63,7 @@ class SampleGrid(keras.callbacks.Callback):
         steps=None,
         eta=0.0,
         seed=0,
+        tensorboard_dir=None,
     ):
         super().__init__()
         if isinstance(every, bool) or not isinstance(every, int) or every < 0:
@@ -49,6 +76,8 @@ class SampleGrid(keras.callbacks.Callback):
         self.steps = steps
         self.eta = eta
         self.seed = seed
+        self.tensorboard_dir = None if tensorboard_dir is None else os.fspath(tensorboard_dir)
+        self._summary_writer = None
 
     def _write(self, path, title):
         images = self.model.generate(
@@ -59,12 +88,35 @@ class SampleGrid(keras.callbacks.Callback):
             seed=self.seed,
         )
         save_image_grid(images, path, title=title)
+        return images
+
+    def _log_to_tensorboard(self, images, epoch):
+        import tensorflow as tf
+
+        if self._summary_writer is None:
+            self._summary_writer = tf.summary.create_file_writer(
+                os.path.join(self.tensorboard_dir, "samples")
+            )
+        with self._summary_writer.as_default():
+            tf.summary.image(
+                "samples",
+                tile_images(images)[None],
+                step=epoch,
+                description=f"{self.sampler} samples, EMA weights, seed {self.seed}",
+            )
+        self._summary_writer.flush()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.every and (epoch + 1) % self.every == 0:
             path = os.path.join(self.directory, f"epoch_{epoch + 1:03d}.png")
-            self._write(path, f"epoch {epoch + 1}, {self.sampler}")
+            images = self._write(path, f"epoch {epoch + 1}, {self.sampler}")
+            if self.tensorboard_dir is not None:
+                # Step = epoch index, as keras.callbacks.TensorBoard's epoch scalars.
+                self._log_to_tensorboard(images, epoch)
 
     def on_train_end(self, logs=None):
         if self.final_path:
             self._write(self.final_path, f"{self.sampler} samples")
+        if self._summary_writer is not None:
+            self._summary_writer.close()
+            self._summary_writer = None
