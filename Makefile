@@ -2,12 +2,14 @@
 #   make train   set up .venv and train with the config that fits the machine
 #   make test    set up .venv, lint, and run the test suite
 # Extra flags: make train ARGS="--preset smoke --manual-dir ../shared/data/fashion-mnist"
+# With PyTorch for the parity tests (otherwise skipped): make test EXTRAS=test,bench
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 PYTEST_ARGS ?=
+EXTRAS ?= test
 
 .PHONY: install train sample test lint format clean
 
@@ -16,7 +18,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m pip install -e ".[$(EXTRAS)]"
 	touch $@
 
 train: install

@@ -50,8 +50,8 @@ def tfds_data_dir(tmp_path_factory):
     return os.environ.get("DDPM_TFDS_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
 
 
-@pytest.fixture
-def tiny_network():
+def build_tiny_network(dtype=None):
+    """An 8x8x1 UNet small enough to train in seconds."""
     from ddpm_keras.unet import build_unet
 
     return build_unet(
@@ -61,7 +61,13 @@ def tiny_network():
         num_res_blocks=1,
         attention=True,
         norm_groups=4,
+        dtype=dtype,
     )
+
+
+@pytest.fixture
+def tiny_network():
+    return build_tiny_network()
 
 
 @pytest.fixture

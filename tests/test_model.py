@@ -10,9 +10,8 @@ import pytest
 from ddpm_keras.files import save_model
 from ddpm_keras.model import DiffusionModel, load_diffusion_model
 from ddpm_keras.schedule import NoiseSchedule
-from ddpm_keras.unet import build_unet
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, build_tiny_network
 from .fakes import ImageDerivedNoiseModel
 
 
@@ -213,11 +212,10 @@ def test_generate_does_not_depend_on_autograph(tiny_model, monkeypatch):
 
 
 def test_same_seed_same_losses_and_samples(images):
-    from ddpm_keras.unet import build_unet
 
     def run():
         keras.utils.set_random_seed(123)
-        network = build_unet((8, 8, 1), 8, (1, 2), 1, attention=True, norm_groups=4)
+        network = build_tiny_network()
         model = compiled(DiffusionModel(network, NoiseSchedule(timesteps=100), ema_decay=0.9))
         history = model.fit(images, batch_size=8, epochs=2, shuffle=False, verbose=0)
         return history.history["loss"], model.generate(3, steps=4, seed=0)
@@ -251,15 +249,7 @@ def test_reloaded_model_keeps_optimizer_state_and_frozen_ema(tiny_model, images,
 
 def tiny_model_with_policy(policy, model_class=DiffusionModel):
     keras.utils.set_random_seed(0)
-    network = build_unet(
-        (8, 8, 1),
-        base_channels=8,
-        channel_multipliers=(1, 2),
-        num_res_blocks=1,
-        attention=True,
-        norm_groups=4,
-        dtype=policy,
-    )
+    network = build_tiny_network(dtype=policy)
     schedule = NoiseSchedule("linear", timesteps=100)
     return model_class(network, schedule, ema_decay=0.9, dtype=policy)
 
