@@ -9,6 +9,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist); "auto" is one per CPU core. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= auto
 EXTRAS ?= test
 
 .PHONY: install train sample test lint format clean
@@ -32,7 +34,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 format: install
 	$(BIN)/ruff format .

@@ -1,13 +1,21 @@
-"""Training-step and sampling throughput of the project's UNet, per variant.
+"""Training and sampling throughput of the project's UNet: TensorFlow variants and the PyTorch twin.
 
-Each variant (precision x XLA) runs in a fresh Python process, so that its
-peak resident memory is its own and one variant's compiled graphs cannot
-speed up another. Data are synthetic and in memory: this measures the model,
-not the input pipeline.
+Every variant runs in a fresh Python process, so that its peak resident
+memory is its own and no variant's compiled code can speed up another. The
+variants are interleaved: round 1 runs them in order, round 2 in reverse
+order, and so on, so that whatever else the machine does hits them alike.
 
-    python benchmarks/bench.py                       # cpu preset, all variants
-    python benchmarks/bench.py --steps 30 --precisions float32 mixed_bfloat16
-    python benchmarks/bench.py --smoke               # seconds; what CI runs
+    python benchmarks/bench.py                         # cpu preset, TF and PyTorch, 3 rounds
+    python benchmarks/bench.py --variants tf-float32 torch-eager --rounds 5
+    python benchmarks/bench.py --variants tf-float32 tf-float32-real --manual-dir DIR
+    python benchmarks/bench.py --ancestral --rounds 1  # adds 1000-step ancestral sampling
+    python benchmarks/bench.py --smoke                 # seconds; what CI runs
+
+Variants: `tf-<precision>[-xla]` (graph mode or XLA), `tf-float32-real` (the
+real Fashion-MNIST pipeline of `ddpm_keras.data` instead of one in-memory
+batch; needs `--manual-dir`), `torch-eager` and `torch-compile` (the twin in
+`torch_twin.py`, same architecture, parameter count, batch, loss, Adam and
+EMA; needs the `bench` extra).
 
 Prints a Markdown table and writes it, with the raw numbers, as JSON.
 """
@@ -24,34 +32,65 @@ import subprocess
 import sys
 import time
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+TF_VARIANTS = tuple(f"tf-{p}{xla}" for p in PRECISIONS for xla in ("", "-xla"))
+VARIANTS = (*TF_VARIANTS, "tf-float32-real", "torch-eager", "torch-compile")
+DEFAULT_VARIANTS = ("tf-float32", "tf-float32-xla", "torch-eager", "torch-compile")
+# Zen 3 (this machine) and other AVX2 cores: two 256-bit FMA units per core,
+# so 2 FMA x 8 float32 lanes x 2 FLOP = 32 FLOP per cycle per core.
+FLOP_PER_CYCLE_PER_CORE = 32
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu", help="network and batch of this preset")
-    parser.add_argument("--steps", type=int, default=20, help="timed training steps")
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, help=f"default: {' '.join(DEFAULT_VARIANTS)}"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per variant")
+    parser.add_argument("--steps", type=int, default=15, help="timed training steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--sample-images", type=int, default=64)
     parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
-    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
-    parser.add_argument("--jit-compile", nargs="+", default=["false", "true"])
+    parser.add_argument("--ancestral", action="store_true", help="also time ancestral sampling")
+    parser.add_argument("--manual-dir", help="Fashion-MNIST .gz files, for tf-float32-real")
+    parser.add_argument("--data-dir", help="TFDS data dir, for tf-float32-real")
     parser.add_argument("--output", default="benchmark_results.json")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
-    parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: one child run
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one variant's run
+    parser.add_argument("--preset-json", help=argparse.SUPPRESS)  # internal: the preset's fields
     args = parser.parse_args(argv)
     if args.smoke:
-        args.preset, args.steps, args.warmup = "smoke", 2, 1
+        args.preset, args.rounds, args.steps, args.warmup = "smoke", 1, 2, 1
         args.sample_images, args.sample_steps = 4, 2
-        args.precisions, args.jit_compile = ["float32"], ["false"]
-    for name in ("steps", "warmup", "sample_images", "sample_steps"):
+        # torch.compile alone takes minutes to compile; the smoke skips it.
+        args.variants = args.variants or ["tf-float32", "torch-eager"]
+    args.variants = args.variants or list(DEFAULT_VARIANTS)
+    for name in ("rounds", "steps", "warmup", "sample_images", "sample_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if "tf-float32-real" in args.variants and not args.manual_dir:
+        parser.error("tf-float32-real needs --manual-dir (the Fashion-MNIST .gz files)")
     return args
 
 
-def measure_variant(args, precision, jit_compile):
-    """Runs in the child process: times training steps and one DDIM sampling."""
+def peak_rss_mib():
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(function):
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+# TensorFlow ------------------------------------------------------------------
+
+
+def measure_tensorflow(args, variant):
+    """Runs in the child process: training steps through `fit`, then sampling."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -59,13 +98,29 @@ def measure_variant(args, precision, jit_compile):
     from ddpm_keras.config import get_config
     from ddpm_keras.model import build_model
 
-    config = get_config(args.preset, precision=precision, jit_compile=jit_compile)
+    name = variant.removeprefix("tf-")
+    real_data = name.endswith("-real")
+    jit_compile = name.endswith("-xla")
+    precision = name.removesuffix("-real").removesuffix("-xla")
+    config = get_config(
+        args.preset,
+        precision=precision,
+        jit_compile=jit_compile,
+        manual_dir=args.manual_dir,
+        data_dir=args.data_dir,
+    )
     keras.utils.set_random_seed(0)
-    image_shape = (28, 28, 1)
+    if real_data:
+        from ddpm_keras.data import load_dataset
+
+        dataset, _, image_shape = load_dataset(config)
+        dataset = dataset.repeat()
+    else:
+        image_shape = (28, 28, 1)
+        images = np.random.default_rng(0).uniform(-1, 1, (config.batch_size, *image_shape))
+        dataset = tf.data.Dataset.from_tensors(images.astype("float32")).repeat()
     model = build_model(config, image_shape)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=jit_compile)
-    images = np.random.default_rng(0).uniform(-1, 1, (config.batch_size,) + image_shape)
-    dataset = tf.data.Dataset.from_tensors(images.astype("float32")).repeat()
 
     step_ends = []
 
@@ -81,73 +136,342 @@ def measure_variant(args, precision, jit_compile):
         verbose=0,
         callbacks=[StepTimer()],
     )
-    first_step = step_ends[0] - start  # tracing (and XLA compilation) included
-    step_times = np.diff(step_ends[args.warmup - 1 :])
-
-    model.generate(args.sample_images, steps=args.sample_steps, seed=0)  # compile once
-    start = time.perf_counter()
-    model.generate(args.sample_images, steps=args.sample_steps, seed=1)
-    sampling_seconds = time.perf_counter() - start
-    return {
-        "precision": precision,
-        "jit_compile": jit_compile,
-        "batch_size": config.batch_size,
+    result = {
         "parameters": model.network.count_params(),
-        "first_step_s": first_step,
-        "step_s_median": statistics.median(step_times),
-        "step_s_min": float(min(step_times)),
-        "step_s_max": float(max(step_times)),
-        "train_images_per_s": config.batch_size / statistics.median(step_times),
-        "ddim_images_per_s": args.sample_images / sampling_seconds,
-        # Linux reports ru_maxrss in KiB.
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "batch_size": config.batch_size,
+        "first_step_s": step_ends[0] - start,  # tracing (and XLA compilation) included
+        "step_s": np.diff(step_ends[args.warmup - 1 :]).tolist(),
+        "train_peak_rss_mib": peak_rss_mib(),
     }
 
+    def sample(sampler, seed):
+        return lambda: model.generate(
+            args.sample_images, sampler=sampler, steps=sample_steps[sampler], seed=seed
+        )
 
-def run_child(precision, jit_compile, argv):
-    command = [sys.executable, __file__, *argv, "--variant", f"{precision},{jit_compile}"]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    sample_steps = {"ddim": args.sample_steps, "ddpm": config.timesteps}
+    # The first call traces and compiles the sampling loop for this batch and
+    # step count; the second is timed.
+    sample("ddim", 0)()
+    result["ddim_s"] = timed(sample("ddim", 1))
+    if args.ancestral:
+        sample("ddpm", 0)()
+        result["ancestral_s"] = timed(sample("ddpm", 1))
+    result["peak_rss_mib"] = peak_rss_mib()
+    return result
+
+
+# PyTorch ---------------------------------------------------------------------
+
+
+def torch_network(config):
+    sys.path.insert(0, HERE)
+    from torch_twin import TorchUNet
+
+    return TorchUNet(
+        (28, 28, 1),
+        config.base_channels,
+        config.channel_multipliers,
+        config.num_res_blocks,
+        attention=config.attention,
+        norm_groups=config.norm_groups,
+    )
+
+
+def measure_torch(args, variant):
+    """Runs in the child process: the twin's training step, then sampling."""
+    import numpy as np
+    import torch
+    from torch_twin import (
+        TorchDDIMSampler,
+        TorchDDPMSampler,
+        TorchNoiseSchedule,
+        sample_loop,
+        training_loss,
+    )
+
+    config = argparse.Namespace(**json.loads(args.preset_json))
+    torch.manual_seed(0)
+    network = torch_network(config)
+    compiled = variant == "torch-compile"
+    forward = torch.compile(network) if compiled else network
+    schedule = TorchNoiseSchedule(config.schedule, config.timesteps)
+    # Keras' Adam epsilon; foreach Adam is PyTorch's default on CPU.
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate, eps=1e-7)
+    parameters = list(network.parameters())
+    ema_parameters = [p.detach().clone() for p in parameters]
+    images = np.random.default_rng(0).uniform(-1, 1, (config.batch_size, 28, 28, 1))
+    images = torch.from_numpy(images.astype("float32"))
+
+    def train_step():
+        t = torch.randint(0, config.timesteps, (config.batch_size,))
+        loss = training_loss(forward, schedule, images, t, torch.randn_like(images))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():  # EMA, as DiffusionModel's
+            torch._foreach_lerp_(ema_parameters, parameters, 1.0 - config.ema_decay)
+        return loss.item()  # Keras' fit also reads the loss back every step
+
+    start = time.perf_counter()
+    step_ends = []
+    for _ in range(args.warmup + args.steps):
+        train_step()
+        step_ends.append(time.perf_counter())
+    result = {
+        "parameters": sum(p.numel() for p in parameters),
+        "batch_size": config.batch_size,
+        "first_step_s": step_ends[0] - start,
+        "step_s": np.diff(step_ends[args.warmup - 1 :]).tolist(),
+        "train_peak_rss_mib": peak_rss_mib(),
+    }
+
+    network.eval()
+    shape = (args.sample_images, 28, 28, 1)
+
+    def sample(sampler, seed):
+        def run():
+            generator = torch.Generator().manual_seed(seed)
+            initial = torch.randn(shape, generator=generator)
+            noises = None
+            if sampler.uses_noise:
+                noises = torch.randn((sampler.num_steps, *shape), generator=generator)
+            with torch.inference_mode():
+                sample_loop(forward, sampler, initial, noises)
+
+        return run
+
+    ddim = TorchDDIMSampler(schedule, args.sample_steps)
+    sample(ddim, 0)()  # warm-up (and, for torch.compile, compilation)
+    result["ddim_s"] = timed(sample(ddim, 1))
+    if args.ancestral:
+        ancestral = TorchDDPMSampler(schedule)
+        sample(ancestral, 0)()
+        result["ancestral_s"] = timed(sample(ancestral, 1))
+    result["peak_rss_mib"] = peak_rss_mib()
+    # The memory figures are PyTorch's own only if TensorFlow never loaded.
+    assert "tensorflow" not in sys.modules, "the PyTorch child imported TensorFlow"
+    return result
+
+
+# FLOPs and the machine's peak --------------------------------------------------
+
+
+def count_flops(args):
+    """FLOPs of one training step per image, and of one sampling step per image.
+
+    Counted by PyTorch's FlopCounterMode on the twin (same layers and shapes
+    as the Keras UNet): convolutions, transposed convolutions and matrix
+    products, forward and backward, 2 FLOP per multiply-add. Elementwise
+    work (GroupNorm, SiLU, the loss, Adam) is not counted.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = argparse.Namespace(**json.loads(args.preset_json))
+    network = torch_network(config)
+    images = torch.zeros(config.batch_size, 28, 28, 1)
+    timesteps = torch.zeros(config.batch_size, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        network(images, timesteps).square().mean().backward()
+    train = counter.get_total_flops() / config.batch_size
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        network(images, timesteps)
+    forward = counter.get_total_flops() / config.batch_size
+    return {"train_flop_per_image": train, "forward_flop_per_image": forward}
+
+
+def cpu_peak_gflops():
+    """Theoretical float32 peak: cores x clock x FLOP per cycle (AVX2 FMA)."""
+    mhz = None
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("cpu MHz"):
+                    mhz = float(line.split(":")[1])
+                    break
+    except OSError:
+        pass
+    if mhz is None:
+        return None
+    return len(os.sched_getaffinity(0)) * mhz / 1000 * FLOP_PER_CYCLE_PER_CORE
+
+
+def measure_matmul_gflops():
+    """Runs in a child: what a large float32 matmul reaches in TensorFlow (practical peak)."""
+    import tensorflow as tf
+
+    size = 2048
+    a = tf.random.normal((size, size))
+    b = tf.random.normal((size, size))
+    matmul = tf.function(lambda: tf.matmul(a, b))
+    matmul().numpy()
+    seconds = min(timed(lambda: matmul().numpy()) for _ in range(5))
+    return {"gflops": 2 * size**3 / seconds / 1e9}
+
+
+# Driver ----------------------------------------------------------------------
+
+
+def preset_json(preset):
+    """The preset's fields as JSON: PyTorch children read them without importing TensorFlow."""
+    import dataclasses
+
+    from ddpm_keras.config import get_config
+
+    return json.dumps(dataclasses.asdict(get_config(preset)))
+
+
+def run_child(kind, argv):
+    command = [sys.executable, os.path.abspath(__file__), *argv, "--child", kind]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), HERE]))
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
         sys.stderr.write(result.stderr[-3000:])
-        raise SystemExit(f"variant {precision}, jit_compile={jit_compile} failed")
+        raise SystemExit(f"benchmark child {kind!r} failed")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def markdown_table(results):
-    lines = [
-        "| precision | XLA | train img/s | step s (median, min-max) | first step s "
-        "| DDIM img/s | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r['precision']} | {'on' if r['jit_compile'] else 'off'} "
-            f"| {r['train_images_per_s']:.1f} "
-            f"| {r['step_s_median']:.3f} ({r['step_s_min']:.3f}-{r['step_s_max']:.3f}) "
-            f"| {r['first_step_s']:.1f} | {r['ddim_images_per_s']:.1f} "
-            f"| {r['peak_rss_mib']:.0f} |"
+def child_main(args):
+    if args.child == "matmul":
+        return measure_matmul_gflops()
+    if args.child == "flops":
+        return count_flops(args)
+    if args.child.startswith("torch-"):
+        return measure_torch(args, args.child)
+    return measure_tensorflow(args, args.child)
+
+
+def spread(values):
+    """`median (min-max)` of a list of numbers."""
+    return statistics.median(values), min(values), max(values)
+
+
+def summarize(variant, runs, args, flops):
+    """Pools the rounds of one variant into one row."""
+    step_times = [s for run in runs for s in run["step_s"]]
+    batch_size = runs[0]["batch_size"]
+    step_median, step_min, step_max = spread(step_times)
+    ddim = [args.sample_images / run["ddim_s"] for run in runs]
+    row = {
+        "variant": variant,
+        "parameters": runs[0]["parameters"],
+        "batch_size": batch_size,
+        "rounds": len(runs),
+        "timed_steps": len(step_times),
+        "step_s_median": step_median,
+        "step_s_min": step_min,
+        "step_s_max": step_max,
+        "train_images_per_s": batch_size / step_median,
+        "first_step_s": statistics.median(run["first_step_s"] for run in runs),
+        "ddim_images_per_s": spread(ddim),
+        "train_peak_rss_mib": max(run["train_peak_rss_mib"] for run in runs),
+        "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
+    }
+    if args.ancestral:
+        row["ancestral_images_per_s"] = spread(
+            [args.sample_images / r["ancestral_s"] for r in runs]
         )
+    if flops:
+        row["train_gflops"] = flops["train_flop_per_image"] * batch_size / step_median / 1e9
+    return row
+
+
+def markdown_table(rows, args):
+    ancestral = args.ancestral
+    header = (
+        "| variant | train img/s | step s: median (min-max) | GFLOP/s | first step s "
+        f"| DDIM-{args.sample_steps} img/s: median (min-max) |"
+        + (" ancestral img/s |" if ancestral else "")
+        + " peak RSS MiB: train / +sampling |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in rows:
+        ddim = r["ddim_images_per_s"]
+        cells = [
+            r["variant"],
+            f"{r['train_images_per_s']:.1f}",
+            f"{r['step_s_median']:.3f} ({r['step_s_min']:.3f}-{r['step_s_max']:.3f})",
+            f"{r['train_gflops']:.1f}" if "train_gflops" in r else "n/a",
+            f"{r['first_step_s']:.1f}",
+            f"{ddim[0]:.1f} ({ddim[1]:.1f}-{ddim[2]:.1f})",
+        ]
+        if ancestral:
+            cells.append("{:.2f} ({:.2f}-{:.2f})".format(*r["ancestral_images_per_s"]))
+        cells.append(f"{r['train_peak_rss_mib']:.0f} / {r['peak_rss_mib']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def interleaved_order(variants, rounds):
+    """Round 1 in order, round 2 reversed, ...: (round, variant) pairs."""
+    for round_index in range(rounds):
+        ordered = variants if round_index % 2 == 0 else variants[::-1]
+        for variant in ordered:
+            yield round_index, variant
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if args.variant:
-        precision, jit_compile = args.variant.split(",")
-        print(json.dumps(measure_variant(args, precision, jit_compile == "True")))
+    if not args.child:
+        argv = [*argv, "--preset-json", preset_json(args.preset)]
+    if args.child:
+        print(json.dumps(child_main(args)))
         return 0
-    results = []
-    for precision in args.precisions:
-        for jit in args.jit_compile:
-            results.append(run_child(precision, jit.lower() == "true", argv))
-            print(markdown_table(results[-1:]).splitlines()[-1], flush=True)
-    table = markdown_table(results)
-    print(f"\n{args.preset} preset, {args.steps} timed steps; {platform.processor() or ''}")
-    print(f"{os.cpu_count()} CPUs\n\n{table}")
+
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        if any(v.startswith("torch-") for v in args.variants):
+            raise SystemExit("torch-* variants need PyTorch: pip install -e '.[bench]'") from None
+        flops = None
+    else:
+        flops = run_child("flops", argv)
+    runs = {variant: [] for variant in args.variants}
+    for round_index, variant in interleaved_order(list(args.variants), args.rounds):
+        run = run_child(variant, argv)
+        runs[variant].append(run)
+        print(
+            f"round {round_index + 1}/{args.rounds} {variant}: "
+            f"step {statistics.median(run['step_s']):.3f} s, DDIM {run['ddim_s']:.1f} s",
+            flush=True,
+        )
+    rows = [summarize(variant, runs[variant], args, flops) for variant in args.variants]
+    parameter_counts = {row["variant"]: row["parameters"] for row in rows}
+    if len(set(parameter_counts.values())) != 1:
+        raise SystemExit(f"The variants' networks differ in size: {parameter_counts}")
+
+    machine = {
+        "processor": platform.processor() or platform.machine(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "peak_gflops_theoretical": cpu_peak_gflops(),
+        "matmul_gflops_tensorflow": None if args.smoke else run_child("matmul", argv)["gflops"],
+    }
+    table = markdown_table(rows, args)
+    print(
+        f"\n{args.preset} preset, batch {rows[0]['batch_size']}, {rows[0]['parameters']:,} "
+        f"parameters; {args.rounds} interleaved rounds x {args.steps} timed steps"
+    )
+    if flops:
+        print(
+            f"FLOP per image: training step {flops['train_flop_per_image'] / 1e9:.3f} G, "
+            f"forward {flops['forward_flop_per_image'] / 1e9:.3f} G"
+        )
+    print(f"machine: {json.dumps(machine)}\n\n{table}")
     from ddpm_keras.files import write_json
 
-    write_json(args.output, {"args": vars(args), "results": results, "table": table})
+    write_json(
+        args.output,
+        {
+            "args": vars(args),
+            "machine": machine,
+            "flops": flops,
+            "rows": rows,
+            "runs": runs,
+            "table": table,
+        },
+    )
     return 0
 
 
