@@ -137,6 +137,8 @@ def measure_tensorflow(args, variant):
         callbacks=[StepTimer()],
     )
     result = {
+        # Set by ddpm_keras (imported by the parent) unless the caller chose.
+        "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "parameters": model.network.count_params(),
         "batch_size": config.batch_size,
         "first_step_s": step_ends[0] - start,  # tracing (and XLA compilation) included

@@ -4,7 +4,11 @@ Copy this script to start your own: add Keras callbacks to `callbacks`,
 swap the optimizer, change the config. Run `python scripts/train.py --help`.
 """
 
+import os
 import sys
+
+# Read when TensorFlow loads, so before `import keras` (see ddpm_keras/__init__.py).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import keras
 

@@ -7,6 +7,9 @@ import pytest
 from hypothesis import settings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# What users get from ddpm_keras (see ddpm_keras/__init__.py), set before
+# this file loads TensorFlow.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 def _split_cpu_into_two_logical_devices():

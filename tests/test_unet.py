@@ -2,7 +2,13 @@ import keras
 import numpy as np
 import pytest
 
-from ddpm_keras.unet import ResidualBlock, SelfAttention2D, SinusoidalEmbedding, build_unet
+from ddpm_keras.unet import (
+    GroupNorm,
+    ResidualBlock,
+    SelfAttention2D,
+    SinusoidalEmbedding,
+    build_unet,
+)
 
 
 def test_output_matches_images_and_is_float32(tiny_network):
@@ -79,3 +85,34 @@ def test_saved_network_loads_in_safe_mode(tiny_network, tmp_path):
     np.testing.assert_allclose(
         restored([images, timesteps]), tiny_network([images, timesteps]), rtol=1e-6
     )
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_group_norm_equals_keras_group_normalization(policy):
+    rng = np.random.default_rng(0)
+    # A large mean: the two-pass variance must stay precise in float32.
+    images = (5.0 + 0.5 * rng.standard_normal((3, 6, 5, 12))).astype(np.float32)
+    ours = GroupNorm(4, epsilon=1e-5, dtype=policy)
+    reference = keras.layers.GroupNormalization(4, epsilon=1e-5, dtype=policy)
+    ours.build(images.shape)
+    reference.build(images.shape)
+    reference.gamma.assign(rng.standard_normal(12).astype(np.float32) + 1.0)
+    reference.beta.assign(rng.standard_normal(12).astype(np.float32))
+    ours.set_weights(reference.get_weights())
+    expected = keras.ops.convert_to_numpy(keras.ops.cast(reference(images), "float32"))
+    got = keras.ops.convert_to_numpy(keras.ops.cast(ours(images), "float32"))
+    assert ours(images).dtype == reference(images).dtype
+    tolerance = 1e-5 if policy == "float32" else 2e-2  # bfloat16 outputs: 8-bit mantissa
+    np.testing.assert_allclose(got, expected, atol=tolerance * np.abs(expected).max())
+    # The same weights in the same order, so either layer loads the other's.
+    assert [w.path.split("/")[-1] for w in ours.weights] == ["gamma", "beta"]
+
+
+def test_group_norm_config_round_trip_and_bad_arguments():
+    layer = GroupNorm(4, epsilon=1e-3, name="norm")
+    clone = GroupNorm.from_config(layer.get_config())
+    assert (clone.groups, clone.epsilon, clone.name) == (4, 1e-3, "norm")
+    with pytest.raises(ValueError, match="Received: axis=1"):
+        GroupNorm(4, axis=1)
+    with pytest.raises(ValueError, match=r"Received: input_shape=\(2, 8, 4\)"):
+        GroupNorm(2).build((2, 8, 4))
