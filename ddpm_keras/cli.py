@@ -1,6 +1,6 @@
-"""Command-line interfaces: `ddpm-train` and `ddpm-sample`.
+"""Command-line interfaces: `ddpm-train`, `ddpm-sample` and `ddpm-evaluate`.
 
-`scripts/train.py` and `scripts/sample.py` use the same parsers. User errors
+`scripts/train.py`, `scripts/sample.py` and `scripts/evaluate.py` use the same parsers. User errors
 (bad values, missing data or files) print one line to stderr and exit with
 status 2, without a traceback.
 """
@@ -155,4 +155,105 @@ def sample_main(argv=None):
     title = f"{args.sampler}, {steps} steps, seed {args.seed}"
     save_image_grid(images, args.output, title=title)
     print(f"Wrote {len(images)} samples to {args.output}")
+    return 0
+
+
+DEFAULT_EVALUATION_SETTINGS = ("ddim:10", "ddim:25", "ddim:50", "ddim:100", "ddim:250", "ddpm:1000")
+
+
+def evaluate_parser():
+    """Flags of `scripts/evaluate.py` / `ddpm-evaluate`."""
+    from ddpm_keras.features import EXTRACTORS
+
+    parser = argparse.ArgumentParser(
+        description="FID and KID of a saved DDPM for a grid of samplers and step counts."
+    )
+    parser.add_argument("--model", required=True, help="saved .keras model")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=list(DEFAULT_EVALUATION_SETTINGS),
+        help="SAMPLER:STEPS[:ETA] per row (default: %(default)s)",
+    )
+    parser.add_argument("--num-samples", type=int, default=1000, help="samples per row")
+    parser.add_argument("--extractor", choices=EXTRACTORS, default="fmnist")
+    parser.add_argument(
+        "--inception-weights",
+        default="imagenet",
+        help="InceptionV3 no-top .h5 weights file for --extractor inception "
+        "(default: download the ImageNet weights)",
+    )
+    parser.add_argument("--dataset", default="fashion_mnist", help="TFDS dataset of the model")
+    parser.add_argument("--reference-split", default="test", help="split samples are compared to")
+    parser.add_argument(
+        "--floor-split",
+        default="train",
+        help="real images scored like samples, as the floor ('none': skip)",
+    )
+    parser.add_argument("--manual-dir", help="folder of the dataset's original files (offline)")
+    parser.add_argument("--data-dir", help="TFDS data directory")
+    parser.add_argument("--max-reference-examples", type=int, help="first N of the reference split")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--output-dir",
+        default=os.path.join("artifacts", "evaluation"),
+        help="where evaluation.json and evaluation.md go (default: %(default)s)",
+    )
+    return parser
+
+
+@user_errors_exit
+def evaluate_main(argv=None):
+    """Entry point of `ddpm-evaluate` (and `scripts/evaluate.py`)."""
+    from ddpm_keras.data import load_split_arrays
+    from ddpm_keras.evaluation import SamplerSetting, evaluate_model, markdown_table
+    from ddpm_keras.features import get_feature_extractor
+    from ddpm_keras.files import ensure_writable_dir, write_json, write_text
+    from ddpm_keras.model import load_diffusion_model
+
+    args = evaluate_parser().parse_args(argv)
+    settings = [SamplerSetting.parse(text) for text in args.settings]
+    if args.num_samples < 2:
+        raise ValueError(f"`--num-samples` must be >= 2. Received: {args.num_samples}")
+    ensure_writable_dir(args.output_dir)
+    model = load_diffusion_model(args.model)
+    for setting in settings:  # fail before any sampling, not after an hour of it
+        get_sampler(setting.sampler, model.schedule, setting.steps, setting.eta)
+    extractor = get_feature_extractor(args.extractor, model.image_shape, args.inception_weights)
+
+    def split_images(split, max_examples):
+        images, _, _ = load_split_arrays(
+            args.dataset, split, args.data_dir, args.manual_dir, max_examples
+        )
+        if images.shape[1:] != model.image_shape:
+            raise ValueError(
+                f"The model makes {model.image_shape} images but {args.dataset} has "
+                f"{images.shape[1:]}. Received: dataset={args.dataset!r}"
+            )
+        return (images + 1.0) / 2.0  # [-1, 1] -> [0, 1], what the extractor takes
+
+    reference = split_images(args.reference_split, args.max_reference_examples)
+    floor = None if args.floor_split == "none" else split_images(args.floor_split, None)
+    print(
+        f"Scoring {args.model}: {args.num_samples} samples per row against "
+        f"{len(reference)} {args.dataset} {args.reference_split} images ({args.extractor} features)"
+    )
+    rows = evaluate_model(
+        model, extractor, reference, settings, args.num_samples, floor_images=floor, seed=args.seed
+    )
+    table = markdown_table(rows, args.extractor, f"{args.dataset} {args.reference_split}")
+    report = {
+        "model": args.model,
+        "extractor": args.extractor,
+        "dataset": args.dataset,
+        "reference_split": args.reference_split,
+        "reference_examples": len(reference),
+        "floor_split": args.floor_split,
+        "num_samples": args.num_samples,
+        "seed": args.seed,
+        "rows": rows,
+    }
+    write_json(os.path.join(args.output_dir, "evaluation.json"), report)
+    write_text(os.path.join(args.output_dir, "evaluation.md"), table + "\n")
+    print(f"\n{table}\n\nWrote {args.output_dir}/evaluation.json and evaluation.md")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -94,6 +95,34 @@ def prepare_builder(dataset, data_dir=None, manual_dir=None):
 
 def _split(name, max_examples):
     return name if max_examples is None else f"{name}[:{max_examples}]"
+
+
+def load_split_arrays(dataset, split, data_dir=None, manual_dir=None, max_examples=None):
+    """A whole split in memory, for evaluation: images, labels and label names.
+
+    Args:
+        dataset: TFDS name, e.g. "fashion_mnist".
+        split: "train", "test", ...
+        data_dir: TFDS data dir (`None`: TFDS' default).
+        manual_dir: Directory of the original download files (offline).
+        max_examples: Keep only the first this many examples (`None`: all).
+
+    Returns:
+        `(images, labels, label_names)`: float32 `[N, H, W, C]` images in
+        [-1, 1], int64 `[N]` labels (`None` if the dataset has none) and the
+        label names (`None` likewise).
+    """
+    builder = prepare_builder(dataset, data_dir, manual_dir)
+    if split not in builder.info.splits:
+        raise ValueError(
+            f"`split` must be one of {sorted(builder.info.splits)}. Received: split={split!r}"
+        )
+    arrays = tfds.as_numpy(builder.as_dataset(split=_split(split, max_examples), batch_size=-1))
+    images = arrays["image"].astype(np.float32) / 127.5 - 1.0
+    label_feature = builder.info.features.get("label") if "label" in arrays else None
+    labels = arrays["label"] if label_feature is not None else None
+    names = list(label_feature.names) if label_feature is not None else None
+    return images, labels, names
 
 
 def _to_unit_range(example):

@@ -48,6 +48,8 @@ def atomic_path(path):
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     _, extension = os.path.splitext(path)
+    if path.endswith(".weights.h5"):  # Keras' save_weights insists on the double suffix
+        extension = ".weights.h5"
     handle, temporary = tempfile.mkstemp(
         dir=directory, prefix=f".{os.path.basename(path)}.", suffix=f".tmp{extension}"
     )
@@ -71,12 +73,27 @@ def write_json(path, data):
             os.fsync(file.fileno())
 
 
+def write_text(path, text):
+    """Writes `text` (UTF-8), atomically."""
+    with atomic_path(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.write(text)
+
+
 def save_model(model, path):
     """`model.save(path)`, atomically. `path` must end in `.keras`."""
     if not os.fspath(path).endswith(".keras"):
         raise ValueError(f"A model path must end in '.keras'. Received: path={path!r}")
     with atomic_path(path) as temporary:
         model.save(temporary)
+
+
+def save_model_weights(model, path):
+    """`model.save_weights(path)`, atomically. `path` must end in `.weights.h5`."""
+    if not os.fspath(path).endswith(".weights.h5"):
+        raise ValueError(f"A weights path must end in '.weights.h5'. Received: path={path!r}")
+    with atomic_path(path) as temporary:
+        model.save_weights(temporary)
 
 
 def save_image_grid(images, path, title=None, columns=None):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ddpm_keras.callbacks import (
+    FIDCallback,
     MetricsJSON,
     ModelCheckpoints,
     NonFiniteLossError,
@@ -16,6 +17,8 @@ from ddpm_keras.callbacks import (
 )
 from ddpm_keras.callbacks.samples import tile_images
 from ddpm_keras.config import get_config
+from ddpm_keras.features import FeatureExtractor
+from ddpm_keras.metrics import FeatureStatistics, frechet_distance, kernel_inception_distance
 from ddpm_keras.model import load_diffusion_model
 
 
@@ -209,3 +212,71 @@ def test_gradient_clip_norm_reaches_the_optimizer():
     assert optimizer.clipnorm == 0.5
     with pytest.raises(ValueError, match="gradient_clip_norm=0"):
         get_config("smoke", gradient_clip_norm=0)
+
+
+def toy_extractor():
+    """A fixed random projection of 8x8 images: features without a trained network."""
+    keras.utils.set_random_seed(1)
+    projection = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(6, activation="tanh")]
+    )
+    return FeatureExtractor(projection, "toy")
+
+
+def test_fid_callback_feeds_checkpoint_metrics_json_and_history(tiny_model, tmp_path):
+    reference = np.random.default_rng(3).uniform(0, 1, (40, 8, 8, 1)).astype(np.float32)
+    extractor = toy_extractor()
+    fid = FIDCallback(extractor, reference, num_samples=12, steps=2, seed=4, kid_subsets=3)
+    best_path = tmp_path / "best_fid.keras"
+    callbacks = [
+        fid,
+        keras.callbacks.ModelCheckpoint(
+            str(best_path), monitor="val_fid", mode="min", save_best_only=True
+        ),
+        MetricsJSON(tmp_path / "metrics.json"),
+    ]
+    tiny_model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    images = np.random.default_rng(0).uniform(-1, 1, (32, 8, 8, 1)).astype(np.float32)
+    history = tiny_model.fit(images, batch_size=16, epochs=2, callbacks=callbacks, verbose=0)
+
+    records = json.loads((tmp_path / "metrics.json").read_text())
+    fids = [r["val_fid"] for r in records]
+    assert fids == pytest.approx(history.history["val_fid"])
+    assert all(np.isfinite(fids)) and all(np.isfinite([r["val_kid"] for r in records]))
+    assert callbacks[1].best == pytest.approx(min(fids))
+    assert best_path.is_file()
+
+    # The logged values are what the metrics give on the same samples.
+    samples = tiny_model.generate(12, steps=2, seed=4)
+    assert fids[-1] == pytest.approx(frechet_distance(extractor(samples), extractor(reference)))
+    kid = kernel_inception_distance(
+        extractor(samples), extractor(reference), num_subsets=3, subset_size=12, seed=4
+    )
+    assert records[-1]["val_kid"] == pytest.approx(kid[0])
+
+
+def test_fid_callback_with_statistics_and_an_interval(tiny_model):
+    extractor = toy_extractor()
+    reference = np.random.default_rng(3).uniform(0, 1, (40, 8, 8, 1)).astype(np.float32)
+    statistics = FeatureStatistics.from_features(extractor(reference))
+    fid = FIDCallback(extractor, statistics, num_samples=6, every=2, steps=2)
+    fid.set_model(tiny_model)
+    logs = {"loss": 1.0}
+    fid.on_epoch_end(0, logs)  # epoch 1 of every 2: skipped
+    assert logs == {"loss": 1.0}
+    fid.on_epoch_end(1, logs)
+    assert np.isfinite(logs["val_fid"]) and "val_kid" not in logs  # no images, no KID
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_samples": 1}, "num_samples=1"),
+        ({"every": 0}, "every=0"),
+        ({"reference": np.zeros((8, 8, 1))}, r"shape \(8, 8, 1\)"),
+    ],
+)
+def test_fid_callback_rejects_bad_arguments(kwargs, message):
+    arguments = {"extractor": None, "reference": np.zeros((4, 8, 8, 1))} | kwargs
+    with pytest.raises(ValueError, match=message):
+        FIDCallback(**arguments)

@@ -3,6 +3,7 @@
 import keras
 
 from ddpm_keras.callbacks.checkpoints import ModelCheckpoints, backup_and_restore
+from ddpm_keras.callbacks.fid import FIDCallback
 from ddpm_keras.callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
 from ddpm_keras.callbacks.metrics import MetricsJSON
 from ddpm_keras.callbacks.samples import SampleGrid
@@ -55,6 +56,7 @@ def default_callbacks(config, strategy=None):
 
 
 __all__ = [
+    "FIDCallback",
     "MetricsJSON",
     "ModelCheckpoints",
     "NonFiniteLossError",

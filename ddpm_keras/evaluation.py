@@ -1,0 +1,162 @@
+"""Sample quality of a saved model over a grid of samplers and step counts (`ddpm-evaluate`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from ddpm_keras.config import SAMPLERS
+from ddpm_keras.metrics import (
+    FeatureStatistics,
+    frechet_distance_from_statistics,
+    kernel_inception_distance,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSetting:
+    """One column of the quality table: a sampler, its step count and eta."""
+
+    sampler: str
+    steps: int
+    eta: float = 0.0
+
+    @classmethod
+    def parse(cls, text):
+        """`"ddim:50"`, `"ddim:50:0.5"` (eta) or `"ddpm:1000"`."""
+        parts = text.split(":")
+        try:
+            if len(parts) not in (2, 3) or parts[0] not in SAMPLERS:
+                raise ValueError
+            steps = int(parts[1])
+            eta = float(parts[2]) if len(parts) == 3 else 0.0
+        except ValueError:
+            raise ValueError(
+                f"A sampler setting is SAMPLER:STEPS[:ETA] with SAMPLER in {SAMPLERS}, "
+                f"e.g. ddim:50. Received: {text!r}"
+            ) from None
+        return cls(parts[0], steps, eta)
+
+    @property
+    def label(self):
+        eta = f", eta {self.eta:g}" if self.eta else ""
+        return f"{self.sampler} {self.steps}{eta}"
+
+
+def score_features(features, reference_features, reference_statistics, kid_subsets, seed):
+    """FID against the reference statistics, KID against the reference features."""
+    kid_mean, kid_std = kernel_inception_distance(
+        features,
+        reference_features,
+        num_subsets=kid_subsets,
+        subset_size=min(1000, len(features)),
+        seed=seed,
+    )
+    fid = frechet_distance_from_statistics(
+        FeatureStatistics.from_features(features), reference_statistics
+    )
+    return {"fid": fid, "kid": kid_mean, "kid_std": kid_std}
+
+
+def evaluate_model(
+    model,
+    extractor,
+    reference_images,
+    settings,
+    num_samples=1000,
+    floor_images=None,
+    seed=0,
+    kid_subsets=10,
+    log=print,
+):
+    """FID and KID of `num_samples` samples per sampler setting.
+
+    Args:
+        model: A `DiffusionModel`.
+        extractor: A `FeatureExtractor`.
+        reference_images: `[N, H, W, C]` in [0, 1]: the reference split.
+        settings: `SamplerSetting`s to score.
+        num_samples: Samples per setting (FID depends on it; say it).
+        floor_images: Real images in [0, 1] other than the reference ones
+            (e.g. the train split); `num_samples` of them are scored the same
+            way, as the floor a perfect model would reach (real vs real).
+        seed: Sampling seed, the same for every setting.
+        kid_subsets: KID subsets.
+        log: Called with one line per finished setting.
+
+    Returns:
+        One dict per row: `source`, `sampler`, `steps`, `eta`, `num_samples`,
+        `fid`, `kid`, `kid_std`, `seconds`.
+    """
+    if num_samples < 2:
+        raise ValueError(f"`num_samples` must be >= 2. Received: num_samples={num_samples}")
+    reference_features = extractor(reference_images)
+    reference_statistics = FeatureStatistics.from_features(reference_features)
+    rows = []
+    if floor_images is not None:
+        if len(floor_images) < num_samples:
+            raise ValueError(
+                f"The floor needs {num_samples} real images. Received: {len(floor_images)}"
+            )
+        start = time.perf_counter()
+        chosen = np.random.default_rng(seed).choice(len(floor_images), num_samples, replace=False)
+        scores = score_features(
+            extractor(floor_images[np.sort(chosen)]),
+            reference_features,
+            reference_statistics,
+            kid_subsets,
+            seed,
+        )
+        rows.append(
+            {"source": "real", "sampler": None, "steps": None, "eta": None}
+            | {"num_samples": num_samples, **scores, "seconds": time.perf_counter() - start}
+        )
+        log(_row_line(rows[-1]))
+    for setting in settings:
+        start = time.perf_counter()
+        images = model.generate(
+            num_samples, steps=setting.steps, sampler=setting.sampler, eta=setting.eta, seed=seed
+        )
+        scores = score_features(
+            extractor(images), reference_features, reference_statistics, kid_subsets, seed
+        )
+        rows.append(
+            {"source": "model", **dataclasses.asdict(setting), "num_samples": num_samples}
+            | {**scores, "seconds": time.perf_counter() - start}
+        )
+        log(_row_line(rows[-1]))
+    return rows
+
+
+def _row_label(row):
+    if row["source"] == "real":
+        return "real images (floor)"
+    return SamplerSetting(row["sampler"], row["steps"], row["eta"]).label
+
+
+def _row_line(row):
+    return (
+        f"{_row_label(row)}: FID {row['fid']:.2f}, KID {row['kid']:.4f} "
+        f"± {row['kid_std']:.4f} ({row['num_samples']} samples, {row['seconds']:.1f} s)"
+    )
+
+
+def markdown_table(rows, extractor_name, reference_split):
+    """The rows as a Markdown table, with what every number was measured on."""
+    lines = [
+        f"| samples | FID ({extractor_name}) | KID ({extractor_name}) | seconds | N |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {_row_label(row)} | {row['fid']:.2f} | {row['kid']:.4f} ± {row['kid_std']:.4f} "
+            f"| {row['seconds']:.1f} | {row['num_samples']} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Against the {reference_split} split; N samples per row, the same seed for each; "
+        "seconds include sampling and feature extraction."
+    )
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""The quality table of a saved model: `evaluate_model` and `ddpm-evaluate`."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from ddpm_keras.cli import evaluate_main
+from ddpm_keras.evaluation import SamplerSetting, evaluate_model, markdown_table
+from ddpm_keras.features import FeatureExtractor
+from ddpm_keras.metrics import frechet_distance
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ddim:50", SamplerSetting("ddim", 50, 0.0)),
+        ("ddim:20:0.5", SamplerSetting("ddim", 20, 0.5)),
+        ("ddpm:1000", SamplerSetting("ddpm", 1000, 0.0)),
+    ],
+)
+def test_sampler_settings_parse(text, expected):
+    assert SamplerSetting.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["ddim", "ddim:x", "euler:10", "ddim:10:0.1:3"])
+def test_bad_sampler_settings_say_the_format(text):
+    with pytest.raises(ValueError, match=rf"SAMPLER:STEPS\[:ETA\].*Received: '{text}'"):
+        SamplerSetting.parse(text)
+
+
+def test_evaluate_model_scores_each_setting_and_the_real_floor(tiny_model):
+    keras.utils.set_random_seed(1)
+    projection = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(5, activation="tanh")]
+    )
+    extractor = FeatureExtractor(projection, "toy")
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(0, 1, (50, 8, 8, 1)).astype(np.float32)
+    floor = rng.uniform(0, 1, (30, 8, 8, 1)).astype(np.float32)
+    lines = []
+    settings = [SamplerSetting("ddim", 3), SamplerSetting("ddim", 3, 1.0)]
+    rows = evaluate_model(
+        tiny_model,
+        extractor,
+        reference,
+        settings,
+        10,
+        floor,
+        seed=2,
+        kid_subsets=2,
+        log=lines.append,
+    )
+    assert [r["source"] for r in rows] == ["real", "model", "model"]
+    assert [r["eta"] for r in rows[1:]] == [0.0, 1.0]
+    assert all(r["num_samples"] == 10 and r["seconds"] > 0 for r in rows)
+    samples = tiny_model.generate(10, steps=3, seed=2)
+    assert rows[1]["fid"] == pytest.approx(
+        frechet_distance(extractor(samples), extractor(reference))
+    )
+    # Uniform noise as "real" images is far closer to uniform noise than the
+    # untrained model's samples are.
+    assert rows[0]["fid"] < rows[1]["fid"]
+    assert len(lines) == 3 and "real images (floor): FID" in lines[0]
+    table = markdown_table(rows, "toy", "noise test")
+    assert "| ddim 3, eta 1 |" in table and "Against the noise test split" in table
+    with pytest.raises(ValueError, match="needs 40 real images"):
+        evaluate_model(tiny_model, extractor, reference, settings, 40, floor)
+
+
+@pytest.fixture(scope="module")
+def smoke_model_path(tmp_path_factory):
+    """An untrained 28x28 model of the smoke preset: enough for the command's plumbing."""
+    from ddpm_keras.config import get_config
+    from ddpm_keras.files import save_model
+    from ddpm_keras.model import build_model
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("evaluate") / "model.keras"
+    save_model(build_model(get_config("smoke"), (28, 28, 1)), path)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_ddpm_evaluate_writes_json_and_table(smoke_model_path, manual_dir, tfds_data_dir, tmp_path):
+    output_dir = tmp_path / "evaluation"
+    code = evaluate_main(
+        [
+            "--model", smoke_model_path, "--settings", "ddim:2", "ddim:4",
+            "--num-samples", "24", "--max-reference-examples", "300",
+            "--manual-dir", manual_dir, "--data-dir", tfds_data_dir,
+            "--output-dir", str(output_dir),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((output_dir / "evaluation.json").read_text())
+    assert report["reference_examples"] == 300 and report["num_samples"] == 24
+    rows = report["rows"]
+    assert [(r["source"], r["steps"]) for r in rows] == [("real", None), ("model", 2), ("model", 4)]
+    # Real train images against real test images beat an untrained model's noise.
+    assert rows[0]["fid"] < 0.2 * min(r["fid"] for r in rows[1:])
+    table = (output_dir / "evaluation.md").read_text()
+    assert "| ddim 2 |" in table and "| real images (floor) |" in table
+    assert "fashion_mnist test split" in table
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--settings", "ddim:0"], "steps"),
+        (["--settings", "fast:10"], "SAMPLER:STEPS"),
+        (["--num-samples", "1"], "--num-samples"),
+    ],
+)
+def test_ddpm_evaluate_rejects_bad_values_before_sampling(smoke_model_path, extra, message, capsys):
+    assert evaluate_main(["--model", smoke_model_path, *extra]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error:") and message in error
+
+
+def test_ddpm_evaluate_missing_model(tmp_path, capsys):
+    assert evaluate_main(["--model", str(tmp_path / "none.keras")]) == 2
+    assert "none.keras" in capsys.readouterr().err
