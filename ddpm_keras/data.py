@@ -119,7 +119,7 @@ def load_split_arrays(dataset, split, data_dir=None, manual_dir=None, max_exampl
         )
     arrays = tfds.as_numpy(builder.as_dataset(split=_split(split, max_examples), batch_size=-1))
     images = arrays["image"].astype(np.float32) / 127.5 - 1.0
-    label_feature = builder.info.features.get("label") if "label" in arrays else None
+    label_feature = builder.info.features["label"] if "label" in arrays else None
     labels = arrays["label"] if label_feature is not None else None
     names = list(label_feature.names) if label_feature is not None else None
     return images, labels, names

@@ -48,7 +48,7 @@ def build_fmnist_classifier(feature_dim=128):
     layers = keras.layers
     inputs = keras.Input((28, 28, 1), name="images")
     x = inputs
-    for stage, filters in enumerate((32, 64, 128)):
+    for stage, filters in enumerate((16, 32, 64)):
         for index in range(2):
             x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
             x = layers.BatchNormalization(name=f"stage{stage}_bn{index}")(x)

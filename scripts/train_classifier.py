@@ -28,16 +28,21 @@ from ddpm_keras.files import save_model_weights, write_json
 from ddpm_keras.metrics import FeatureStatistics
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manual-dir", help="directory of the 4 original Fashion-MNIST .gz files")
     parser.add_argument("--data-dir", help="TFDS data directory")
     parser.add_argument("--output-dir", default=ASSETS_DIR)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--max-train-examples", type=int, help="for quick trials")
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
@@ -48,6 +53,7 @@ def parse_args(argv=None):
 @user_errors_exit
 def main(argv=None):
     args = parse_args(argv)
+    parser_defaults = vars(build_parser().parse_args([]))
     keras.utils.set_random_seed(args.seed)
     tf.config.experimental.enable_op_determinism()
     load = dict(data_dir=args.data_dir, manual_dir=args.manual_dir)
@@ -100,8 +106,15 @@ def main(argv=None):
         "learning_rate": args.learning_rate,
         "seed": args.seed,
         "train_seconds": round(train_seconds, 1),
-        "command": "python scripts/train_classifier.py "
-        + " ".join(a for a in (argv if argv is not None else sys.argv[1:])),
+        # The flags that decide the result (not where data and outputs live).
+        "command": " ".join(
+            ["python scripts/train_classifier.py --manual-dir DIR"]
+            + [
+                f"--{name.replace('_', '-')} {getattr(args, name)}"
+                for name in ("epochs", "batch_size", "learning_rate", "seed")
+                if getattr(args, name) != parser_defaults[name]
+            ]
+        ),
     }
     write_json(os.path.join(args.output_dir, "fmnist_classifier.json"), card)
     print(f"Test accuracy {accuracy:.4f}; wrote {args.output_dir}")
