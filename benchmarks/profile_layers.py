@@ -119,8 +119,8 @@ def main(argv=None):
 
     twin = TorchUNet((28, 28, 1), *shape_args[:3], attention=config.attention,
                      norm_groups=config.norm_groups)  # fmt: skip
-    torch_images = torch.from_numpy(np.asarray(images))
-    torch_timesteps = torch.from_numpy(np.asarray(timesteps)).long()
+    torch_images = torch.from_numpy(np.array(images))
+    torch_timesteps = torch.from_numpy(np.array(timesteps)).long()
 
     def torch_step():
         twin.zero_grad()
