@@ -7,7 +7,11 @@ import time
 import keras
 import numpy as np
 
-from ddpm_keras.metrics import FeatureStatistics, frechet_distance_from_statistics
+from ddpm_keras.metrics import (
+    FeatureStatistics,
+    frechet_distance_from_statistics,
+    kernel_inception_distance,
+)
 
 
 class FIDCallback(keras.callbacks.Callback):
@@ -84,8 +88,6 @@ class FIDCallback(keras.callbacks.Callback):
 
     def evaluate(self):
         """`{"val_fid": ..., ["val_kid": ...,] "fid_seconds": ...}` for the current EMA weights."""
-        from ddpm_keras.metrics import kernel_inception_distance
-
         if self._reference_statistics is None:
             self.on_train_begin()
         start = time.perf_counter()
