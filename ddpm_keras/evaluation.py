@@ -46,18 +46,26 @@ class SamplerSetting:
 
 
 def score_features(features, reference_features, reference_statistics, kid_subsets, seed):
-    """FID against the reference statistics, KID against the reference features."""
-    kid_mean, kid_std = kernel_inception_distance(
-        features,
-        reference_features,
-        num_subsets=kid_subsets,
-        subset_size=min(1000, len(features)),
-        seed=seed,
-    )
-    fid = frechet_distance_from_statistics(
-        FeatureStatistics.from_features(features), reference_statistics
-    )
-    return {"fid": fid, "kid": kid_mean, "kid_std": kid_std}
+    """FID against the reference statistics and, given reference features, KID.
+
+    Returns:
+        `{"fid": ...}`, plus `"kid"` and `"kid_std"` unless
+        `reference_features` is `None`.
+    """
+    scores = {
+        "fid": frechet_distance_from_statistics(
+            FeatureStatistics.from_features(features), reference_statistics
+        )
+    }
+    if reference_features is not None:
+        scores["kid"], scores["kid_std"] = kernel_inception_distance(
+            features,
+            reference_features,
+            num_subsets=kid_subsets,
+            subset_size=min(1000, len(features)),
+            seed=seed,
+        )
+    return scores
 
 
 def evaluate_model(

@@ -7,11 +7,8 @@ import time
 import keras
 import numpy as np
 
-from ddpm_keras.metrics import (
-    FeatureStatistics,
-    frechet_distance_from_statistics,
-    kernel_inception_distance,
-)
+from ddpm_keras.evaluation import score_features
+from ddpm_keras.metrics import FeatureStatistics
 
 
 class FIDCallback(keras.callbacks.Callback):
@@ -94,20 +91,16 @@ class FIDCallback(keras.callbacks.Callback):
         images = self.model.generate(
             self.num_samples, steps=self.steps, sampler=self.sampler, eta=self.eta, seed=self.seed
         )
-        features = self.extractor(images)
-        results = {
-            "val_fid": frechet_distance_from_statistics(
-                FeatureStatistics.from_features(features), self._reference_statistics
-            )
-        }
-        if self._reference_features is not None:
-            results["val_kid"] = kernel_inception_distance(
-                features,
-                self._reference_features,
-                num_subsets=self.kid_subsets,
-                subset_size=min(1000, self.num_samples),
-                seed=self.seed,
-            )[0]
+        scores = score_features(
+            self.extractor(images),
+            self._reference_features,
+            self._reference_statistics,
+            self.kid_subsets,
+            self.seed,
+        )
+        results = {"val_fid": scores["fid"]}
+        if "kid" in scores:
+            results["val_kid"] = scores["kid"]
         results["fid_seconds"] = time.perf_counter() - start
         return results
 
