@@ -13,7 +13,13 @@ import os
 import sys
 
 from ddpm_keras.callbacks.guards import NonFiniteLossError
-from ddpm_keras.config import PRECISIONS, PRESETS, STRATEGIES, get_config
+from ddpm_keras.config import (
+    LEARNING_RATE_SCHEDULES,
+    PRECISIONS,
+    PRESETS,
+    STRATEGIES,
+    get_config,
+)
 from ddpm_keras.data import DataUnavailableError
 from ddpm_keras.samplers import SAMPLER_NAMES, get_sampler
 from ddpm_keras.schedule import SCHEDULE_NAMES
@@ -34,7 +40,15 @@ def train_parser():
     )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--learning-rate", type=float, help="peak Adam learning rate")
+    parser.add_argument(
+        "--learning-rate-schedule",
+        choices=LEARNING_RATE_SCHEDULES,
+        help="constant, or cosine decay to 0 over the run",
+    )
+    parser.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up steps")
+    parser.add_argument("--ema-decay", type=float, help="decay of the EMA of the weights")
+    parser.add_argument("--base-channels", type=int, help="channels of the UNet's first level")
     parser.add_argument("--gradient-clip-norm", type=float, help="clip gradients to this L2 norm")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--schedule", choices=SCHEDULE_NAMES)

@@ -16,6 +16,7 @@ SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ddim", "ddpm")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+LEARNING_RATE_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,12 @@ class DiffusionConfig:
         norm_groups: Groups of every GroupNormalization layer.
         batch_size: Global training batch size.
         epochs: Training epochs.
-        learning_rate: Adam learning rate.
+        learning_rate: Adam learning rate (the peak, after any warm-up).
+        learning_rate_schedule: `"constant"`, or `"cosine"`: decay from
+            `learning_rate` to 0 over the run's steps after the warm-up
+            (Loshchilov & Hutter 2017, without restarts).
+        warmup_steps: Optimizer steps of linear warm-up from 0 to
+            `learning_rate` (0: none).
         gradient_clip_norm: Clip each gradient to this L2 norm (`None`: no
             clipping); Keras optimizer's `clipnorm`.
         ema_decay: Decay of the exponential moving average of the weights.
@@ -91,6 +97,8 @@ class DiffusionConfig:
     batch_size: int = 128
     epochs: int = 50
     learning_rate: float = 2e-4
+    learning_rate_schedule: str = "constant"
+    warmup_steps: int = 0
     gradient_clip_norm: float | None = None
     ema_decay: float = 0.999
     seed: int = 42
@@ -248,6 +256,8 @@ def validate_config(config: DiffusionConfig) -> None:
     _check_int(config, "batch_size", 1)
     _check_int(config, "epochs", 1)
     _check_float(config, "learning_rate", 0.0, 1.0, low_open=True)
+    _check_choice(config, "learning_rate_schedule", LEARNING_RATE_SCHEDULES)
+    _check_int(config, "warmup_steps", 0)
     if config.gradient_clip_norm is not None:
         _check_float(config, "gradient_clip_norm", 0.0, math.inf, low_open=True)
     _check_float(config, "ema_decay", 0.0, 1.0)

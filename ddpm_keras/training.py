@@ -41,9 +41,60 @@ def start_run(config: DiffusionConfig, strategy=None):
     return strategy
 
 
-def build_optimizer(config: DiffusionConfig):
-    """Adam with the config's learning rate and optional gradient clipping."""
-    return keras.optimizers.Adam(config.learning_rate, clipnorm=config.gradient_clip_norm)
+def steps_per_epoch(train_ds) -> int:
+    """Batches in one epoch of a finite training dataset (from its cardinality)."""
+    cardinality = int(train_ds.cardinality())
+    if cardinality < 1:
+        raise ValueError(
+            "The training dataset must be finite with a known number of batches, to "
+            f"schedule the learning rate. Received: cardinality={cardinality}"
+        )
+    return cardinality
+
+
+def learning_rate_schedule(config: DiffusionConfig, steps_per_epoch: int | None = None):
+    """The learning rate Adam gets: a float, or a serializable Keras schedule.
+
+    Args:
+        config: Reads `learning_rate`, `learning_rate_schedule`,
+            `warmup_steps` and `epochs`.
+        steps_per_epoch: Optimizer steps per epoch; needed when the rate
+            changes over the run (`"cosine"`, or any warm-up).
+    """
+    if config.learning_rate_schedule == "constant" and config.warmup_steps == 0:
+        return config.learning_rate
+    if steps_per_epoch is None:
+        raise ValueError(
+            "`steps_per_epoch` is needed for a warm-up or a 'cosine' learning-rate "
+            f"schedule. Received: steps_per_epoch={steps_per_epoch}"
+        )
+    decay_steps = config.epochs * steps_per_epoch - config.warmup_steps
+    if decay_steps < 1:
+        raise ValueError(
+            f"`warmup_steps` must be shorter than the run ({config.epochs} epochs x "
+            f"{steps_per_epoch} steps). Received: warmup_steps={config.warmup_steps}"
+        )
+    # alpha is the final rate as a fraction of the peak: 1 keeps it constant.
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if config.warmup_steps else config.learning_rate,
+        decay_steps=decay_steps,
+        alpha=0.0 if config.learning_rate_schedule == "cosine" else 1.0,
+        warmup_target=config.learning_rate if config.warmup_steps else None,
+        warmup_steps=config.warmup_steps,
+    )
+
+
+def build_optimizer(config: DiffusionConfig, steps_per_epoch: int | None = None):
+    """Adam with the config's learning-rate schedule and optional gradient clipping.
+
+    Args:
+        config: The run's `DiffusionConfig`.
+        steps_per_epoch: Optimizer steps per epoch (see `steps_per_epoch`),
+            needed by a warm-up or a `"cosine"` schedule.
+    """
+    return keras.optimizers.Adam(
+        learning_rate_schedule(config, steps_per_epoch), clipnorm=config.gradient_clip_norm
+    )
 
 
 def train(config: DiffusionConfig, callbacks=()) -> dict:
@@ -64,7 +115,8 @@ def train(config: DiffusionConfig, callbacks=()) -> dict:
     train_ds, val_ds, image_shape = load_dataset(config)
     with strategy.scope():
         model = build_model(config, image_shape)
-        model.compile(optimizer=build_optimizer(config), jit_compile=config.jit_compile)
+        optimizer = build_optimizer(config, steps_per_epoch(train_ds))
+        model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     history = model.fit(
         train_ds,
         validation_data=val_ds,

@@ -18,7 +18,7 @@ from ddpm_keras.data import load_dataset
 from ddpm_keras.distribute import is_chief
 from ddpm_keras.files import save_model
 from ddpm_keras.model import build_model
-from ddpm_keras.training import build_optimizer, start_run
+from ddpm_keras.training import build_optimizer, start_run, steps_per_epoch
 
 
 @user_errors_exit
@@ -32,7 +32,9 @@ def main(argv=None):
     train_ds, val_ds, image_shape = load_dataset(config)
     with strategy.scope():  # model, optimizer and metrics live on every replica
         model = build_model(config, image_shape)
-        model.compile(optimizer=build_optimizer(config), jit_compile=config.jit_compile)
+        # Adam with the config's learning-rate schedule (warm-up, cosine decay).
+        optimizer = build_optimizer(config, steps_per_epoch(train_ds))
+        model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
 
     callbacks = default_callbacks(config, strategy)
     if is_chief(strategy):  # in a multi-worker run, only the chief writes files

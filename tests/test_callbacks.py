@@ -204,16 +204,6 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_model, images
     assert [r["epoch"] for r in json.loads((tmp_path / "metrics.json").read_text())] == [1]
 
 
-def test_gradient_clip_norm_reaches_the_optimizer():
-    from ddpm_keras.training import build_optimizer
-
-    assert build_optimizer(get_config("smoke")).clipnorm is None
-    optimizer = build_optimizer(get_config("smoke", gradient_clip_norm=0.5))
-    assert optimizer.clipnorm == 0.5
-    with pytest.raises(ValueError, match="gradient_clip_norm=0"):
-        get_config("smoke", gradient_clip_norm=0)
-
-
 def toy_extractor():
     """A fixed random projection of 8x8 images: features without a trained network."""
     keras.utils.set_random_seed(1)
