@@ -16,6 +16,7 @@ from ddpm_keras.callbacks.guards import NonFiniteLossError
 from ddpm_keras.config import (
     LEARNING_RATE_SCHEDULES,
     PRECISIONS,
+    PREDICTIONS,
     PRESETS,
     STRATEGIES,
     get_config,
@@ -49,6 +50,10 @@ def train_parser():
     parser.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up steps")
     parser.add_argument("--ema-decay", type=float, help="decay of the EMA of the weights")
     parser.add_argument("--base-channels", type=int, help="channels of the UNet's first level")
+    parser.add_argument(
+        "--prediction", choices=PREDICTIONS, help="network target: epsilon, x0 or v"
+    )
+    parser.add_argument("--min-snr-gamma", type=float, help="min-SNR-gamma loss weighting, e.g. 5")
     parser.add_argument("--gradient-clip-norm", type=float, help="clip gradients to this L2 norm")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--schedule", choices=SCHEDULE_NAMES)

@@ -13,10 +13,11 @@ import os
 DEFAULT_OUTPUT_DIR = os.path.join("artifacts", "tensorflow_diffusion")
 
 SCHEDULES = ("linear", "cosine")
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpmpp_2m")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 LEARNING_RATE_SCHEDULES = ("constant", "cosine")
+PREDICTIONS = ("epsilon", "x0", "v")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,11 @@ class DiffusionConfig:
         num_res_blocks: Residual blocks per UNet level.
         attention: Self-attention at the UNet's lowest resolution.
         norm_groups: Groups of every GroupNormalization layer.
+        prediction: What the network learns to output: `"epsilon"` (the
+            noise, Ho et al. 2020), `"x0"` (the clean image) or `"v"`
+            (Salimans & Ho 2022).
+        min_snr_gamma: Weight the loss with min-SNR-gamma (Hang et al. 2023),
+            e.g. 5.0 (`None`: unweighted).
         batch_size: Global training batch size.
         epochs: Training epochs.
         learning_rate: Adam learning rate (the peak, after any warm-up).
@@ -93,6 +99,9 @@ class DiffusionConfig:
     num_res_blocks: int = 2
     attention: bool = True
     norm_groups: int = 8
+    # Objective.
+    prediction: str = "epsilon"
+    min_snr_gamma: float | None = None
     # Optimisation.
     batch_size: int = 128
     epochs: int = 50
@@ -253,6 +262,9 @@ def validate_config(config: DiffusionConfig) -> None:
                 f"(base_channels={config.base_channels}, "
                 f"channel_multipliers={multipliers})",
             )
+    _check_choice(config, "prediction", PREDICTIONS)
+    if config.min_snr_gamma is not None:
+        _check_float(config, "min_snr_gamma", 0.0, math.inf, low_open=True)
     _check_int(config, "batch_size", 1)
     _check_int(config, "epochs", 1)
     _check_float(config, "learning_rate", 0.0, 1.0, low_open=True)
@@ -273,10 +285,10 @@ def validate_config(config: DiffusionConfig) -> None:
             f"must be <= timesteps ({config.timesteps})",
         )
     _check_float(config, "eta", 0.0, 1.0)
-    if config.sampler == "ddpm" and config.eta != 0.0:
-        # Ancestral sampling has no eta; without this check the run would
-        # fail only at its first sample grid.
-        _fail("eta", config.eta, "must be 0 with sampler='ddpm' (eta is DDIM's)")
+    if config.sampler != "ddim" and config.eta != 0.0:
+        # Only DDIM has an eta; without this check the run would fail only
+        # at its first sample grid.
+        _fail("eta", config.eta, f"must be 0 with sampler={config.sampler!r} (eta is DDIM's)")
     _check_choice(config, "strategy", STRATEGIES)
     if config.devices is not None:
         if (

@@ -7,6 +7,7 @@ Users drive it the Keras way: `compile(optimizer=...)`, `fit`, `evaluate`,
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import zipfile
 
@@ -15,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from ddpm_keras.samplers import get_sampler
-from ddpm_keras.schedule import NoiseSchedule
+from ddpm_keras.schedule import NoiseSchedule, check_prediction
 
 # Initial noise and per-step noise use distinct stateless seed streams.
 _INITIAL_NOISE_STREAM = -1
@@ -30,7 +31,8 @@ def sample_loop(denoise, sampler, initial_noises, seed):
     while a long run was going).
 
     Args:
-        denoise: `denoise(samples, timesteps) -> predicted noise`.
+        denoise: `denoise(samples, timesteps) -> network output` (the noise,
+            x_0 or v, as `sampler.prediction` says).
         sampler: A `Sampler`.
         initial_noises: x_T, float32 `[B, H, W, C]`.
         seed: int64 scalar; step i draws its noise from the stateless seed
@@ -41,22 +43,23 @@ def sample_loop(denoise, sampler, initial_noises, seed):
     """
     batch_size = tf.shape(initial_noises)[0]
 
-    def step(index, samples):
+    def step(index, samples, state):
         timestep = tf.gather(sampler.timesteps, index)
-        pred_noises = tf.cast(denoise(samples, tf.fill([batch_size], timestep)), "float32")
+        outputs = tf.cast(denoise(samples, tf.fill([batch_size], timestep)), "float32")
         if sampler.uses_noise:
             step_seed = tf.stack([seed, tf.cast(index, tf.int64)])
             noises = tf.random.stateless_normal(tf.shape(samples), seed=step_seed)
         else:
             noises = tf.zeros_like(samples)
-        previous = sampler.step(pred_noises, index, samples, noises)
-        # Keep the static shape: the step's broadcasting loses the batch size.
-        return index + 1, tf.ensure_shape(previous, initial_noises.shape)
+        previous, state = sampler.step(outputs, index, samples, noises, state)
+        # Keep the static shapes: the step's broadcasting loses the batch size.
+        keep_shape = functools.partial(tf.ensure_shape, shape=initial_noises.shape)
+        return index + 1, keep_shape(previous), tuple(map(keep_shape, state))
 
-    _, samples = tf.while_loop(
-        lambda index, _: index < sampler.num_steps,
+    _, samples, _ = tf.while_loop(
+        lambda index, *_: index < sampler.num_steps,
         step,
-        (tf.constant(0, tf.int32), initial_noises),
+        (tf.constant(0, tf.int32), initial_noises, sampler.initial_state(initial_noises)),
     )
     return samples
 
@@ -66,20 +69,35 @@ class DiffusionModel(keras.Model):
     """Denoising diffusion probabilistic model (Ho et al. 2020).
 
     Trains `network` to predict the noise added by `schedule` (the "simple"
-    epsilon loss, eq. 14) at uniformly drawn timesteps, keeps an exponential
-    moving average (EMA) of its weights in `ema_network`, and samples with
-    the EMA weights.
+    epsilon loss, eq. 14), or the clean image or v, at uniformly drawn
+    timesteps, keeps an exponential moving average (EMA) of its weights in
+    `ema_network`, and samples with the EMA weights.
 
     Args:
-        network: A Keras model mapping `[noisy_images, timesteps]` to predicted
-            noise of the images' shape (see `build_unet`).
+        network: A Keras model mapping `[noisy_images, timesteps]` to an
+            output of the images' shape (see `build_unet`).
         schedule: The `NoiseSchedule`.
         ema_decay: EMA decay in [0, 1] (e.g. 0.999).
         ema_network: The EMA copy of `network`. `None` clones `network`
             (weights included); given when loading a saved model.
+        prediction: What the network learns to output: `"epsilon"` (the
+            noise), `"x0"` (the clean image) or `"v"` (Salimans & Ho 2022).
+        min_snr_gamma: If set, weight each example's loss by the min-SNR-gamma
+            rule (Hang et al. 2023): min(SNR(t), gamma) over SNR(t) for
+            epsilon, over 1 for x0 and over SNR(t) + 1 for v. `None`: the
+            unweighted MSE.
     """
 
-    def __init__(self, network, schedule, ema_decay=0.999, ema_network=None, **kwargs):
+    def __init__(
+        self,
+        network,
+        schedule,
+        ema_decay=0.999,
+        ema_network=None,
+        prediction="epsilon",
+        min_snr_gamma=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not isinstance(network, keras.Model):
             raise ValueError(f"`network` must be a keras.Model. Received: network={network!r}")
@@ -87,6 +105,16 @@ class DiffusionModel(keras.Model):
             raise ValueError(f"`schedule` must be a NoiseSchedule. Received: schedule={schedule!r}")
         if isinstance(ema_decay, bool) or not 0.0 <= ema_decay <= 1.0:
             raise ValueError(f"`ema_decay` must be in [0, 1]. Received: ema_decay={ema_decay!r}")
+        check_prediction(prediction)
+        if min_snr_gamma is not None and (
+            isinstance(min_snr_gamma, bool)
+            or not isinstance(min_snr_gamma, (int, float))
+            or not min_snr_gamma > 0
+        ):
+            raise ValueError(
+                f"`min_snr_gamma` must be a number > 0 or None. Received: "
+                f"min_snr_gamma={min_snr_gamma!r}"
+            )
         image_shape = tuple(network.inputs[0].shape[1:])
         if None in image_shape or len(image_shape) != 3:
             raise ValueError(
@@ -96,6 +124,8 @@ class DiffusionModel(keras.Model):
         self.network = network
         self.schedule = schedule
         self.ema_decay = float(ema_decay)
+        self.prediction = prediction
+        self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
         self.image_shape = image_shape
         if ema_network is None:
             ema_network = keras.models.clone_model(network)
@@ -149,18 +179,32 @@ class DiffusionModel(keras.Model):
         )
         return timesteps, tf.random.normal(tf.shape(images))
 
-    def _noise_prediction_losses(self, images, training):
-        """Per-example epsilon MSE at uniformly drawn t (Algorithm 1, eq. 14)."""
+    def _loss_weights(self, timesteps):
+        """min-SNR-gamma weights (Hang et al. 2023, eq. 9 and its v/x0 forms)."""
+        snr = self.schedule.signal_to_noise(timesteps)
+        clipped_snr = tf.minimum(snr, self.min_snr_gamma)
+        if self.prediction == "epsilon":
+            return clipped_snr / snr
+        if self.prediction == "v":
+            return clipped_snr / (snr + 1.0)
+        return clipped_snr
+
+    def _prediction_losses(self, images, training):
+        """Per-example MSE to the target at uniformly drawn t (Algorithm 1, eq. 14)."""
         timesteps, noises = self._draw_timesteps_and_noises(images)
         noisy_images = self.schedule.q_sample(images, timesteps, noises)
-        pred_noises = self.network([noisy_images, timesteps], training=training)
-        pred_noises = tf.cast(pred_noises, "float32")
-        return tf.reduce_mean(tf.square(noises - pred_noises), axis=[1, 2, 3])
+        targets = self.schedule.training_target(images, noises, timesteps, self.prediction)
+        outputs = self.network([noisy_images, timesteps], training=training)
+        outputs = tf.cast(outputs, "float32")
+        losses = tf.reduce_mean(tf.square(targets - outputs), axis=[1, 2, 3])
+        if self.min_snr_gamma is not None:
+            losses = losses * self._loss_weights(timesteps)
+        return losses
 
     def train_step(self, data):
         images = self._images_from(data)
         with tf.GradientTape() as tape:
-            per_example_losses = self._noise_prediction_losses(images, training=True)
+            per_example_losses = self._prediction_losses(images, training=True)
             # Sum / global batch size: Keras sums gradients over replicas, so
             # this gives the gradient of the global mean.
             loss = tf.nn.compute_average_loss(per_example_losses)
@@ -175,7 +219,7 @@ class DiffusionModel(keras.Model):
 
     def test_step(self, data):
         images = self._images_from(data)
-        per_example_losses = self._noise_prediction_losses(images, training=False)
+        per_example_losses = self._prediction_losses(images, training=False)
         self.loss_tracker.update_state(per_example_losses)
         return self._step_logs()
 
@@ -223,7 +267,12 @@ class DiffusionModel(keras.Model):
 
     def _sample_function(self, sampler):
         """One compiled graph per sampler configuration, reused across calls."""
-        key = (type(sampler).__name__, sampler.num_steps, getattr(sampler, "eta", None))
+        key = (
+            type(sampler).__name__,
+            sampler.num_steps,
+            getattr(sampler, "eta", None),
+            sampler.prediction,
+        )
         if key not in self._sample_functions:
             network = self.ema_network
 
@@ -255,7 +304,7 @@ class DiffusionModel(keras.Model):
         for name, value in (("num_images", num_images), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
-        sampler = get_sampler(sampler, self.schedule, steps, eta)
+        sampler = get_sampler(sampler, self.schedule, steps, eta, self.prediction)
         if seed is None:
             seed = int(np.random.default_rng().integers(0, 2**31 - 1))
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -284,6 +333,8 @@ class DiffusionModel(keras.Model):
                 "schedule": keras.saving.serialize_keras_object(self.schedule),
                 "ema_decay": self.ema_decay,
                 "ema_network": keras.saving.serialize_keras_object(self.ema_network),
+                "prediction": self.prediction,
+                "min_snr_gamma": self.min_snr_gamma,
             }
         )
         return config
@@ -319,7 +370,14 @@ def build_model(config, image_shape):
     schedule = NoiseSchedule(config.schedule, config.timesteps, config.beta_start, config.beta_end)
     # The model's own policy decides whether `compile` wraps the optimizer in
     # a LossScaleOptimizer (it does for mixed_float16).
-    return DiffusionModel(network, schedule, ema_decay=config.ema_decay, dtype=config.precision)
+    return DiffusionModel(
+        network,
+        schedule,
+        ema_decay=config.ema_decay,
+        prediction=config.prediction,
+        min_snr_gamma=config.min_snr_gamma,
+        dtype=config.precision,
+    )
 
 
 def load_diffusion_model(path):

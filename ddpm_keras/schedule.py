@@ -13,7 +13,20 @@ import keras
 import numpy as np
 from keras import ops
 
-SCHEDULE_NAMES = ("linear", "cosine")
+# What a network may predict: the noise "epsilon" (Ho et al. 2020), the clean
+# image "x0", or "v" = sqrt(alpha_bar) * eps - sqrt(1 - alpha_bar) * x_0
+# (Salimans & Ho 2022, section 4).
+from ddpm_keras.config import PREDICTIONS
+from ddpm_keras.config import SCHEDULES as SCHEDULE_NAMES
+
+
+def check_prediction(prediction):
+    """Raises `ValueError` unless `prediction` is one of `PREDICTIONS`."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(
+            f"Unknown prediction target. Expected one of {list(PREDICTIONS)}. "
+            f"Received: prediction={prediction!r}"
+        )
 
 
 def linear_betas(timesteps, beta_start=1e-4, beta_end=0.02):
@@ -132,6 +145,40 @@ class NoiseSchedule:
             self._gather(np.sqrt(1.0 / self.alphas_cumprod), t) * x_t
             - self._gather(np.sqrt(1.0 / self.alphas_cumprod - 1.0), t) * noise
         )
+
+    def predict_x0(self, model_output, x_t, t, prediction="epsilon"):
+        """The clean image implied by a network output of kind `prediction`.
+
+        epsilon: eq. 4 inverted; x0: the output itself; v: with
+        v = sqrt(a) eps - sqrt(1 - a) x_0 and x_t = sqrt(a) x_0 + sqrt(1 - a) eps,
+        x_0 = sqrt(a) x_t - sqrt(1 - a) v (a = alpha_bar_t).
+        """
+        check_prediction(prediction)
+        if prediction == "epsilon":
+            return self.predict_x0_from_noise(x_t, t, model_output)
+        if prediction == "x0":
+            return model_output
+        return (
+            self._gather(np.sqrt(self.alphas_cumprod), t) * x_t
+            - self._gather(np.sqrt(1.0 - self.alphas_cumprod), t) * model_output
+        )
+
+    def training_target(self, x_0, noise, t, prediction="epsilon"):
+        """What a network of kind `prediction` should output for x_t = q_sample(x_0, t, noise)."""
+        check_prediction(prediction)
+        if prediction == "epsilon":
+            return noise
+        if prediction == "x0":
+            return ops.convert_to_tensor(x_0, dtype="float32")
+        return (
+            self._gather(np.sqrt(self.alphas_cumprod), t) * noise
+            - self._gather(np.sqrt(1.0 - self.alphas_cumprod), t) * x_0
+        )
+
+    def signal_to_noise(self, t):
+        """SNR(t) = alpha_bar_t / (1 - alpha_bar_t), float32, shape [batch]."""
+        snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
+        return ops.take(ops.convert_to_tensor(snr, dtype="float32"), t)
 
     def q_posterior(self, x_0, x_t, t):
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0) (eqs. 6-7)."""

@@ -125,6 +125,9 @@ def test_wrong_image_shape_is_rejected(tiny_model):
         ({"schedule": "linear"}, "schedule='linear'"),
         ({"ema_decay": 1.5}, "ema_decay=1.5"),
         ({"ema_network": "copy"}, "ema_network='copy'"),
+        ({"prediction": "score"}, "prediction='score'"),
+        ({"min_snr_gamma": 0}, "min_snr_gamma=0"),
+        ({"min_snr_gamma": "5"}, "min_snr_gamma='5'"),
     ],
 )
 def test_constructor_rejects_bad_arguments(tiny_network, kwargs, message):
@@ -134,12 +137,46 @@ def test_constructor_rejects_bad_arguments(tiny_network, kwargs, message):
         DiffusionModel(**arguments)
 
 
-def test_get_config_round_trip(tiny_model):
-    config = json.loads(json.dumps(tiny_model.get_config()))  # as stored in a .keras file
+@pytest.mark.parametrize("objective", [{}, {"prediction": "v", "min_snr_gamma": 5.0}])
+def test_get_config_round_trip(tiny_network, objective):
+    model = DiffusionModel(tiny_network, NoiseSchedule("linear", timesteps=100), **objective)
+    config = json.loads(json.dumps(model.get_config()))  # as stored in a .keras file
     restored = DiffusionModel.from_config(config)
     assert json.loads(json.dumps(restored.get_config())) == config
-    assert restored.image_shape == tiny_model.image_shape
-    assert restored.schedule.get_config() == tiny_model.schedule.get_config()
+    assert restored.image_shape == model.image_shape
+    assert restored.schedule.get_config() == model.schedule.get_config()
+    assert (restored.prediction, restored.min_snr_gamma) == (
+        objective.get("prediction", "epsilon"),
+        objective.get("min_snr_gamma"),
+    )
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])
+@pytest.mark.parametrize("min_snr_gamma", [None, 5.0])
+def test_loss_regresses_the_target_with_min_snr_weights(prediction, min_snr_gamma):
+    # Timesteps and noise are derived from each image, so a NumPy copy of the
+    # loss can be computed from the same t, noise and network output.
+    schedule = NoiseSchedule("linear", timesteps=100)
+    model = ImageDerivedNoiseModel(
+        build_tiny_network(), schedule, prediction=prediction, min_snr_gamma=min_snr_gamma
+    )
+    images = np.random.default_rng(0).uniform(-1, 1, (6, 8, 8, 1)).astype(np.float32)
+    losses = model._prediction_losses(images, training=False).numpy()
+
+    timesteps, noises = (np.asarray(x) for x in model._draw_timesteps_and_noises(images))
+    a = np.sqrt(schedule.alphas_cumprod[timesteps])[:, None, None, None]
+    s = np.sqrt(1.0 - schedule.alphas_cumprod[timesteps])[:, None, None, None]
+    noisy_images = a * images + s * noises
+    outputs = model.network([noisy_images.astype(np.float32), timesteps]).numpy()
+    target = {"epsilon": noises, "x0": images, "v": a * noises - s * images}[prediction]
+    expected = np.mean((target - outputs) ** 2, axis=(1, 2, 3))
+    if min_snr_gamma is not None:
+        snr = (a**2 / s**2).ravel()
+        clipped = np.minimum(snr, min_snr_gamma)
+        # Hang et al. 2023: min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v.
+        expected *= {"epsilon": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[prediction]
+    assert len(set(timesteps.tolist())) > 1
+    np.testing.assert_allclose(losses, expected, rtol=2e-5, atol=1e-7)
 
 
 LOAD_AND_SAMPLE = """

@@ -382,7 +382,7 @@ def test_ddpm_sampling_agrees(keras_network, twin):
     samples = tf.constant(initial)
     for index, timestep in enumerate(sampler.timesteps):
         pred_noises = denoise(samples, tf.fill([BATCH_SIZE], timestep))
-        samples = sampler.step(pred_noises, index, samples, step_noises[index])
+        samples, _ = sampler.step(pred_noises, index, samples, step_noises[index])
     expected = samples.numpy()
 
     torch_sampler = torch_twin.TorchDDPMSampler(torch_twin.TorchNoiseSchedule("linear", SAMPLING_T))
