@@ -12,6 +12,8 @@ import functools
 import os
 import sys
 
+import numpy as np
+
 from ddpm_keras.callbacks.guards import NonFiniteLossError
 from ddpm_keras.config import (
     LEARNING_RATE_SCHEDULES,
@@ -22,6 +24,7 @@ from ddpm_keras.config import (
     get_config,
 )
 from ddpm_keras.data import DataUnavailableError
+from ddpm_keras.files import tile_images
 from ddpm_keras.samplers import SAMPLER_NAMES, get_sampler
 from ddpm_keras.schedule import SCHEDULE_NAMES
 
@@ -116,6 +119,18 @@ def sample_parser():
     parser.add_argument(
         "--output", default="samples.png", help="PNG grid path (default: %(default)s)"
     )
+    parser.add_argument(
+        "--gif", help="also write an animated GIF of the reverse process to this .gif path"
+    )
+    parser.add_argument(
+        "--gif-frames",
+        type=int,
+        default=40,
+        help="frames of the GIF, spread over the steps (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (one compiled loop)"
+    )
     return parser
 
 
@@ -154,14 +169,24 @@ def train_main(argv=None):
 @user_errors_exit
 def sample_main(argv=None):
     """Entry point of `ddpm-sample` (and `scripts/sample.py`)."""
-    from ddpm_keras.files import ensure_writable_dir, save_image_grid
+    from ddpm_keras.files import ensure_writable_dir, save_gif, save_image_grid
     from ddpm_keras.model import load_diffusion_model
 
     args = sample_parser().parse_args(argv)
     if not args.output.endswith(".png"):
         raise ValueError(f"`--output` must end in '.png'. Received: output={args.output!r}")
-    ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)))
+    if args.gif is not None and not args.gif.endswith(".gif"):
+        raise ValueError(f"`--gif` must end in '.gif'. Received: gif={args.gif!r}")
+    if args.gif_frames < 2:
+        raise ValueError(f"`--gif-frames` must be >= 2. Received: gif_frames={args.gif_frames}")
+    for path in (args.output, args.gif):
+        if path is not None:
+            ensure_writable_dir(os.path.dirname(os.path.abspath(path)))
     model = load_diffusion_model(args.model)
+    # Checks the sampler arguments before any work, and gives the real step count.
+    steps = get_sampler(args.sampler, model.schedule, args.steps, args.eta).num_steps
+    recorder = ReverseProcessRecorder(args.num_images, args.batch_size, steps, args.gif_frames)
+    use_callback = args.gif is not None or not args.no_progress
     images = model.generate(
         args.num_images,
         steps=args.steps,
@@ -169,12 +194,57 @@ def sample_main(argv=None):
         eta=args.eta,
         seed=args.seed,
         batch_size=args.batch_size,
+        callback=recorder.progress(show_bar=not args.no_progress, keep_frames=bool(args.gif))
+        if use_callback
+        else None,
     )
-    steps = get_sampler(args.sampler, model.schedule, args.steps, args.eta).num_steps
     title = f"{args.sampler}, {steps} steps, seed {args.seed}"
     save_image_grid(images, args.output, title=title)
     print(f"Wrote {len(images)} samples to {args.output}")
+    if args.gif:
+        save_gif(recorder.frames(), args.gif)
+        print(f"Wrote the reverse process ({len(recorder.frames())} frames) to {args.gif}")
     return 0
+
+
+class ReverseProcessRecorder:
+    """Progress bar and GIF frames for `DiffusionModel.generate(callback=...)`.
+
+    Args:
+        num_images: Images generated (over all batches).
+        batch_size: Images per batch.
+        steps: The sampler's steps.
+        num_frames: Frames to keep for a GIF: x_t after evenly spaced steps,
+            from the first step to the last (the final samples).
+    """
+
+    def __init__(self, num_images, batch_size, steps, num_frames):
+        import keras
+
+        self.num_batches = -(-num_images // batch_size)
+        self.steps = steps
+        # Step indices whose x_t becomes a frame; the last step always does.
+        self.frame_steps = set(
+            np.linspace(0, steps - 1, min(num_frames, steps)).round().astype(int)
+        )
+        self._batches = {}  # step -> list of per-batch arrays
+        self._progbar = keras.utils.Progbar(self.num_batches * steps, unit_name="step")
+
+    def progress(self, show_bar=True, keep_frames=False):
+        def callback(batch_index, step_index, samples):
+            if show_bar:
+                self._progbar.add(1)
+            if keep_frames and step_index in self.frame_steps:
+                self._batches.setdefault(step_index, []).append(samples)
+
+        return callback
+
+    def frames(self):
+        """Tiled uint8 grids of every kept step, in order of the reverse process."""
+        return [
+            tile_images((np.concatenate(self._batches[step]) + 1.0) / 2.0)
+            for step in sorted(self._batches)
+        ]
 
 
 DEFAULT_EVALUATION_SETTINGS = ("ddim:10", "ddim:25", "ddim:50", "ddim:100", "ddim:250", "ddpm:1000")

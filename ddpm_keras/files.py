@@ -132,3 +132,59 @@ def save_image_grid(images, path, title=None, columns=None):
     figure.tight_layout(pad=0.2)
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=100)
+
+
+def tile_images(images, columns=None, padding=2):
+    """Tiles images `[N, H, W, C]` in [0, 1] into one uint8 `[rows*H, columns*W, C]` array.
+
+    A plain pixel grid (no figure), with `padding` black pixels between images.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"Images must be [N, H, W, C] with C = 1 or 3. Received: images.shape={images.shape}"
+        )
+    count, height, width, channels = images.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    grid = np.zeros(
+        (rows * (height + padding) + padding, columns * (width + padding) + padding, channels),
+        np.uint8,
+    )
+    pixels = np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
+    for index in range(count):
+        top = padding + (index // columns) * (height + padding)
+        left = padding + (index % columns) * (width + padding)
+        grid[top : top + height, left : left + width] = pixels[index]
+    return grid
+
+
+def save_gif(frames, path, frame_ms=80, last_frame_ms=1500, scale=3):
+    """Saves uint8 frames `[H, W, C]` (C = 1 or 3) as a looping animated GIF, atomically.
+
+    Args:
+        frames: Sequence of equally shaped uint8 arrays, e.g. from `tile_images`.
+        path: Output `.gif` path.
+        frame_ms: Display time of each frame but the last.
+        last_frame_ms: Display time of the last frame (the final samples).
+        scale: Integer upscaling (nearest neighbour): 28x28 images are tiny.
+    """
+    from PIL import Image
+
+    if not os.fspath(path).endswith(".gif"):
+        raise ValueError(f"A GIF path must end in '.gif'. Received: path={path!r}")
+    if not frames:
+        raise ValueError("`frames` must not be empty. Received: frames=[]")
+    pictures = []
+    for frame in frames:
+        frame = np.repeat(np.repeat(np.asarray(frame), scale, axis=0), scale, axis=1)
+        pictures.append(Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame))
+    durations = [frame_ms] * (len(pictures) - 1) + [last_frame_ms]
+    with atomic_path(path) as temporary:
+        pictures[0].save(
+            temporary,
+            save_all=True,
+            append_images=pictures[1:],
+            duration=durations,
+            loop=0,
+        )

@@ -22,6 +22,35 @@ from ddpm_keras.schedule import NoiseSchedule, check_prediction
 _INITIAL_NOISE_STREAM = -1
 
 
+def reverse_step(denoise, sampler, index, samples, state, seed):
+    """One step of `sampler` from `sampler.timesteps[index]`: the network, then the rule.
+
+    Args:
+        denoise: `denoise(samples, timesteps) -> network output` (the noise,
+            x_0 or v, as `sampler.prediction` says).
+        sampler: A `Sampler`.
+        index: int32 scalar, the step number (0 is the noisiest).
+        samples: x_t, float32 `[B, H, W, C]`.
+        state: The sampler's carried tensors (`sampler.initial_state`).
+        seed: int64 scalar; step i draws its noise from the stateless seed
+            `(seed, i)`, so the result depends on nothing else.
+
+    Returns:
+        `(previous_samples, state)`.
+    """
+    timestep = tf.gather(sampler.timesteps, index)
+    outputs = tf.cast(denoise(samples, tf.fill([tf.shape(samples)[0]], timestep)), "float32")
+    if sampler.uses_noise:
+        step_seed = tf.stack([seed, tf.cast(index, tf.int64)])
+        noises = tf.random.stateless_normal(tf.shape(samples), seed=step_seed)
+    else:
+        noises = tf.zeros_like(samples)
+    previous, state = sampler.step(outputs, index, samples, noises, state)
+    # Keep the static shapes: the step's broadcasting loses the batch size.
+    keep_shape = functools.partial(tf.ensure_shape, shape=samples.shape)
+    return keep_shape(previous), tuple(map(keep_shape, state))
+
+
 def sample_loop(denoise, sampler, initial_noises, seed):
     """Runs `sampler` from `initial_noises` down to x_0.
 
@@ -31,30 +60,15 @@ def sample_loop(denoise, sampler, initial_noises, seed):
     while a long run was going).
 
     Args:
-        denoise: `denoise(samples, timesteps) -> network output` (the noise,
-            x_0 or v, as `sampler.prediction` says).
-        sampler: A `Sampler`.
+        denoise, sampler, seed: As for `reverse_step`.
         initial_noises: x_T, float32 `[B, H, W, C]`.
-        seed: int64 scalar; step i draws its noise from the stateless seed
-            `(seed, i)`, so the result depends on nothing else.
 
     Returns:
         The final samples, float32, roughly in [-1, 1].
     """
-    batch_size = tf.shape(initial_noises)[0]
 
     def step(index, samples, state):
-        timestep = tf.gather(sampler.timesteps, index)
-        outputs = tf.cast(denoise(samples, tf.fill([batch_size], timestep)), "float32")
-        if sampler.uses_noise:
-            step_seed = tf.stack([seed, tf.cast(index, tf.int64)])
-            noises = tf.random.stateless_normal(tf.shape(samples), seed=step_seed)
-        else:
-            noises = tf.zeros_like(samples)
-        previous, state = sampler.step(outputs, index, samples, noises, state)
-        # Keep the static shapes: the step's broadcasting loses the batch size.
-        keep_shape = functools.partial(tf.ensure_shape, shape=initial_noises.shape)
-        return index + 1, keep_shape(previous), tuple(map(keep_shape, state))
+        return (index + 1, *reverse_step(denoise, sampler, index, samples, state, seed))
 
     _, samples, _ = tf.while_loop(
         lambda index, *_: index < sampler.num_steps,
@@ -265,27 +279,36 @@ class DiffusionModel(keras.Model):
 
     # Sampling -------------------------------------------------------------
 
-    def _sample_function(self, sampler):
-        """One compiled graph per sampler configuration, reused across calls."""
+    def _denoise(self, samples, timesteps):
+        return self.ema_network([samples, timesteps], training=False)
+
+    def _compiled(self, kind, sampler):
+        """One compiled graph per kind and sampler configuration, reused across calls."""
         key = (
+            kind,
             type(sampler).__name__,
             sampler.num_steps,
             getattr(sampler, "eta", None),
             sampler.prediction,
         )
         if key not in self._sample_functions:
-            network = self.ema_network
-
-            def denoise(samples, timesteps):
-                return network([samples, timesteps], training=False)
-
-            self._sample_functions[key] = tf.function(
-                lambda initial_noises, seed: sample_loop(denoise, sampler, initial_noises, seed),
-                autograph=False,
-            )
+            if kind == "loop":
+                function = functools.partial(sample_loop, self._denoise, sampler)
+            else:
+                function = functools.partial(reverse_step, self._denoise, sampler)
+            self._sample_functions[key] = tf.function(function, autograph=False)
         return self._sample_functions[key]
 
-    def generate(self, num_images, steps=None, sampler="ddim", eta=0.0, seed=None, batch_size=64):
+    def generate(
+        self,
+        num_images,
+        steps=None,
+        sampler="ddim",
+        eta=0.0,
+        seed=None,
+        batch_size=64,
+        callback=None,
+    ):
         """Samples images with the EMA weights.
 
         Args:
@@ -297,6 +320,11 @@ class DiffusionModel(keras.Model):
             seed: Integer seed; the same seed gives the same images. `None`
                 draws a fresh one.
             batch_size: Images per sampling batch.
+            callback: `None` runs each batch as one compiled loop. Otherwise
+                the loop runs step by step (same result) and calls
+                `callback(batch_index, step_index, samples)` after each step
+                with the batch's current x_t as a NumPy array in about
+                [-1, 1]: for progress bars and frames of the reverse process.
 
         Returns:
             NumPy float32 array `[num_images, H, W, C]` in [0, 1].
@@ -309,7 +337,8 @@ class DiffusionModel(keras.Model):
             seed = int(np.random.default_rng().integers(0, 2**31 - 1))
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"`seed` must be an integer >= 0. Received: seed={seed!r}")
-        sample = self._sample_function(sampler)
+        sample = self._compiled("loop", sampler)
+        step = None if callback is None else self._compiled("step", sampler)
         batches = []
         for batch_index, start in enumerate(range(0, num_images, batch_size)):
             count = min(batch_size, num_images - start)
@@ -319,7 +348,14 @@ class DiffusionModel(keras.Model):
                 (count,) + self.image_shape,
                 seed=tf.stack([batch_seed, tf.constant(_INITIAL_NOISE_STREAM, tf.int64)]),
             )
-            batches.append(sample(initial_noises, batch_seed).numpy())
+            if step is None:
+                batches.append(sample(initial_noises, batch_seed).numpy())
+                continue
+            samples, state = initial_noises, sampler.initial_state(initial_noises)
+            for index in range(sampler.num_steps):
+                samples, state = step(tf.constant(index, tf.int32), samples, state, batch_seed)
+                callback(batch_index, index, samples.numpy())
+            batches.append(samples.numpy())
         images = np.concatenate(batches, axis=0)
         return np.clip((images + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
 

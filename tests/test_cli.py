@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from ddpm_keras.cli import sample_main, train_main
+from ddpm_keras.files import tile_images
+from ddpm_keras.model import load_diffusion_model
 from ddpm_keras.training import generate_samples
 
 from .conftest import REPO_ROOT
@@ -222,6 +224,9 @@ def test_train_without_data_says_how_to_fix(tmp_path, capsys):
         (["--eta", "2"], "eta=2.0"),
         (["--num-images", "0"], "num_images=0"),
         (["--output", "grid.jpg"], "output='grid.jpg'"),
+        (["--gif", "anim.png"], "gif='anim.png'"),
+        (["--gif", "a.gif", "--gif-frames", "1"], "gif_frames=1"),
+        (["--sampler", "dpmpp_2m", "--eta", "0.5"], "eta=0.5"),
     ],
 )
 def test_sample_rejects_bad_values(argv, message, tmp_path, tiny_model, capsys):
@@ -242,3 +247,32 @@ def test_sample_missing_or_corrupt_model(tmp_path, capsys):
     corrupt.write_bytes(b"PK\x03\x04 not really a zip")
     assert sample_main(["--model", str(corrupt)]) == 2
     assert "corrupt.keras" in capsys.readouterr().err
+
+
+def test_sample_shows_progress_and_writes_the_reverse_process_gif(tmp_path, tiny_model, capsys):
+    from PIL import Image
+
+    from ddpm_keras.files import save_model
+
+    model_path = tmp_path / "m.keras"
+    save_model(tiny_model, model_path)
+    common = ["--model", str(model_path), "--num-images", "5", "--batch-size", "3", "--seed", "4"]
+    common += ["--sampler", "dpmpp_2m", "--steps", "6"]
+    gif = tmp_path / "reverse.gif"
+    argv = [*common, "--output", str(tmp_path / "a.png"), "--gif", str(gif), "--gif-frames", "4"]
+    assert sample_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "12/12" in out  # 2 batches x 6 steps on the progress bar
+    with Image.open(gif) as animation:
+        assert animation.n_frames == 4
+        # 5 images tile 3x2 with 2-pixel gaps, upscaled 3x: (2 * 10 + 2) x (3 * 10 + 2) x 3.
+        assert animation.size == (96, 66)
+        animation.seek(3)
+        last_frame = np.asarray(animation.convert("L"), np.float32)
+    # The last frame shows the final samples: the same pixels as --no-progress makes.
+    assert sample_main([*common, "--output", str(tmp_path / "b.png"), "--no-progress"]) == 0
+    assert "12/12" not in capsys.readouterr().out
+    model = load_diffusion_model(model_path)
+    images = model.generate(5, steps=6, sampler="dpmpp_2m", seed=4, batch_size=3)
+    expected = np.repeat(np.repeat(tile_images(images)[..., 0], 3, axis=0), 3, axis=1)
+    np.testing.assert_allclose(last_frame, expected, atol=1.0)

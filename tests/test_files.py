@@ -4,7 +4,14 @@ import os
 import numpy as np
 import pytest
 
-from ddpm_keras.files import atomic_path, ensure_writable_dir, save_image_grid, write_json
+from ddpm_keras.files import (
+    atomic_path,
+    ensure_writable_dir,
+    save_gif,
+    save_image_grid,
+    tile_images,
+    write_json,
+)
 
 
 def test_write_json_replaces_atomically(tmp_path):
@@ -72,3 +79,27 @@ def test_image_grid_leaves_the_matplotlib_backend_alone(tmp_path):
     finally:
         matplotlib.use(previous)
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tile_images_lays_out_rows_with_gaps():
+    images = np.stack([np.full((2, 3, 1), value) for value in (0.0, 0.5, 1.0)])
+    grid = tile_images(images, columns=2, padding=1)
+    assert grid.shape == (2 * 3 + 1, 2 * 4 + 1, 1) and grid.dtype == np.uint8
+    assert grid[1, 1, 0] == 0 and grid[1, 5, 0] == 128 and grid[4, 1, 0] == 255
+    assert grid[0].max() == 0 and grid[4, 5, 0] == 0  # gaps and the empty cell stay black
+    with pytest.raises(ValueError, match=r"images.shape=\(2, 3\)"):
+        tile_images(np.zeros((2, 3)))
+
+
+def test_save_gif_checks_its_arguments_and_writes_atomically(tmp_path):
+    from PIL import Image
+
+    frames = [np.full((4, 4, 1), value, np.uint8) for value in (0, 100, 200)]
+    with pytest.raises(ValueError, match="path='x.png'"):
+        save_gif(frames, "x.png")
+    with pytest.raises(ValueError, match="frames=\\[\\]"):
+        save_gif([], tmp_path / "a.gif")
+    save_gif(frames, tmp_path / "a.gif", scale=2)
+    assert os.listdir(tmp_path) == ["a.gif"]
+    with Image.open(tmp_path / "a.gif") as animation:
+        assert (animation.n_frames, animation.size) == (3, (8, 8))

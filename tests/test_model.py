@@ -94,6 +94,25 @@ def test_generate_reuses_one_graph_per_sampler(tiny_model):
     assert len(tiny_model._sample_functions) == 2
 
 
+@pytest.mark.parametrize("sampler, steps", [("ddim", 4), ("dpmpp_2m", 4), ("ddim_eta", 3)])
+def test_step_by_step_generation_with_a_callback_gives_the_same_images(tiny_model, sampler, steps):
+    eta = 0.5 if sampler == "ddim_eta" else 0.0
+    sampler = sampler.removesuffix("_eta")
+    calls = []
+    expected = tiny_model.generate(5, steps=steps, sampler=sampler, eta=eta, seed=3, batch_size=3)
+    images = tiny_model.generate(
+        5,
+        steps=steps,
+        sampler=sampler,
+        eta=eta,
+        seed=3,
+        batch_size=3,
+        callback=lambda batch, step, samples: calls.append((batch, step, samples.shape[0])),
+    )
+    np.testing.assert_allclose(images, expected, atol=1e-5)
+    assert calls == [(b, i, n) for b, n in ((0, 3), (1, 2)) for i in range(steps)]
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
