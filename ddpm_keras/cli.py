@@ -57,6 +57,18 @@ def train_parser():
         "--prediction", choices=PREDICTIONS, help="network target: epsilon, x0 or v"
     )
     parser.add_argument("--min-snr-gamma", type=float, help="min-SNR-gamma loss weighting, e.g. 5")
+    parser.add_argument(
+        "--class-conditional",
+        action="store_true",
+        default=None,
+        help="train on (image, label) pairs for classifier-free guidance",
+    )
+    parser.add_argument(
+        "--label-dropout", type=float, help="share of labels dropped in training (default 0.1)"
+    )
+    parser.add_argument(
+        "--guidance-scale", type=float, help="guidance of the sample grids (conditional models)"
+    )
     parser.add_argument("--gradient-clip-norm", type=float, help="clip gradients to this L2 norm")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--schedule", choices=SCHEDULE_NAMES)
@@ -118,6 +130,23 @@ def sample_parser():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
         "--output", default="samples.png", help="PNG grid path (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--class",
+        dest="class_label",
+        help="class-conditional models: a class name (e.g. sneaker) or id for every image",
+    )
+    parser.add_argument(
+        "--per-class",
+        type=int,
+        help="class-conditional models: a grid with one row of this many images per class",
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance: 0 unconditional, 1 conditional, >1 guided "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--gif", help="also write an animated GIF of the reverse process to this .gif path"
@@ -185,21 +214,45 @@ def sample_main(argv=None):
     model = load_diffusion_model(args.model)
     # Checks the sampler arguments before any work, and gives the real step count.
     steps = get_sampler(args.sampler, model.schedule, args.steps, args.eta).num_steps
-    recorder = ReverseProcessRecorder(args.num_images, args.batch_size, steps, args.gif_frames)
+    num_images, labels, columns = args.num_images, None, None
+    if args.class_label is not None and args.per_class is not None:
+        raise ValueError(
+            "Give `--class` or `--per-class`, not both. "
+            f"Received: class={args.class_label!r}, per_class={args.per_class}"
+        )
+    if args.per_class is not None:
+        if args.per_class < 1 or model.num_classes is None:
+            raise ValueError(
+                "`--per-class` needs a class-conditional model and a count >= 1. "
+                f"Received: per_class={args.per_class}"
+            )
+        columns = args.per_class
+        labels = np.repeat(np.arange(model.num_classes), columns)
+        num_images = len(labels)
+    elif args.class_label is not None:
+        label = args.class_label
+        labels = model.label_ids(int(label) if label.isdigit() else label, num_images)
+    recorder = ReverseProcessRecorder(num_images, args.batch_size, steps, args.gif_frames)
     use_callback = args.gif is not None or not args.no_progress
     images = model.generate(
-        args.num_images,
+        num_images,
         steps=args.steps,
         sampler=args.sampler,
         eta=args.eta,
         seed=args.seed,
         batch_size=args.batch_size,
+        labels=labels,
+        guidance_scale=args.guidance_scale,
         callback=recorder.progress(show_bar=not args.no_progress, keep_frames=bool(args.gif))
         if use_callback
         else None,
     )
     title = f"{args.sampler}, {steps} steps, seed {args.seed}"
-    save_image_grid(images, args.output, title=title)
+    if labels is not None:
+        title += f", guidance {args.guidance_scale:g}"
+        if args.class_label is not None:
+            title = f"{model.class_names[labels[0]]}: {title}"
+    save_image_grid(images, args.output, title=title, columns=columns)
     print(f"Wrote {len(images)} samples to {args.output}")
     if args.gif:
         save_gif(recorder.frames(), args.gif)
@@ -242,7 +295,7 @@ class ReverseProcessRecorder:
     def frames(self):
         """Tiled uint8 grids of every kept step, in order of the reverse process."""
         return [
-            tile_images((np.concatenate(self._batches[step]) + 1.0) / 2.0)
+            tile_images((np.concatenate(self._batches[step]) + 1.0) / 2.0, padding=2)
             for step in sorted(self._batches)
         ]
 

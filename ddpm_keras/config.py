@@ -50,6 +50,14 @@ class DiffusionConfig:
             (Salimans & Ho 2022).
         min_snr_gamma: Weight the loss with min-SNR-gamma (Hang et al. 2023),
             e.g. 5.0 (`None`: unweighted).
+        class_conditional: Train on (image, label) pairs with a label
+            embedding, for classifier-free guidance (Ho & Salimans 2022). The
+            saved model keeps the dataset's label names.
+        label_dropout: Probability of training a labelled image as
+            unlabelled (the unconditional model guidance needs).
+        guidance_scale: Classifier-free guidance of the sample grids of a
+            class-conditional model (0: unconditional, 1: conditional, > 1:
+            guided).
         batch_size: Global training batch size.
         epochs: Training epochs.
         learning_rate: Adam learning rate (the peak, after any warm-up).
@@ -102,6 +110,8 @@ class DiffusionConfig:
     # Objective.
     prediction: str = "epsilon"
     min_snr_gamma: float | None = None
+    class_conditional: bool = False
+    label_dropout: float = 0.1
     # Optimisation.
     batch_size: int = 128
     epochs: int = 50
@@ -117,6 +127,7 @@ class DiffusionConfig:
     sampler: str = "ddim"
     sample_steps: int = 50
     eta: float = 0.0
+    guidance_scale: float = 1.0
     # Artifacts.
     output_dir: str = DEFAULT_OUTPUT_DIR
     tensorboard: bool = False
@@ -265,6 +276,10 @@ def validate_config(config: DiffusionConfig) -> None:
     _check_choice(config, "prediction", PREDICTIONS)
     if config.min_snr_gamma is not None:
         _check_float(config, "min_snr_gamma", 0.0, math.inf, low_open=True)
+    if not isinstance(config.class_conditional, bool):
+        _fail("class_conditional", config.class_conditional, "must be True or False")
+    _check_float(config, "label_dropout", 0.0, 1.0)
+    _check_float(config, "guidance_scale", 0.0, math.inf)
     _check_int(config, "batch_size", 1)
     _check_int(config, "epochs", 1)
     _check_float(config, "learning_rate", 0.0, 1.0, low_open=True)
@@ -299,6 +314,13 @@ def validate_config(config: DiffusionConfig) -> None:
             _fail("devices", config.devices, "must be a non-empty sequence of device names")
         if config.strategy != "mirrored":
             _fail("devices", config.devices, "applies only to strategy='mirrored'")
+    if config.class_conditional and config.strategy == "multiworker":
+        # Keras 3.15's multi-worker build fails on (image, label) batches.
+        _fail(
+            "class_conditional",
+            config.class_conditional,
+            "is not supported with strategy='multiworker' (see README)",
+        )
     _check_choice(config, "precision", PRECISIONS)
     for name in ("jit_compile", "tensorboard"):
         if not isinstance(getattr(config, name), bool):

@@ -130,13 +130,26 @@ def _to_unit_range(example):
     return tf.cast(example["image"], tf.float32) / 127.5 - 1.0
 
 
+def _to_unit_range_with_label(example):
+    return _to_unit_range(example), tf.cast(example["label"], tf.int32)
+
+
+def class_names(config):
+    """The label names of `config.dataset` (from TFDS metadata), or `None` if it has none."""
+    builder = prepare_builder(config.dataset, config.data_dir, config.manual_dir)
+    label = builder.info.features.get("label") if "label" in builder.info.features else None
+    return list(label.names) if isinstance(label, tfds.features.ClassLabel) else None
+
+
 def load_dataset(config):
     """Builds the training and validation pipelines for a `DiffusionConfig`.
 
     Returns:
         `(train_ds, val_ds, image_shape)`: datasets of float32 image batches
         in [-1, 1] (train split for training, test split for validation) and
-        the `(H, W, C)` shape read from the data.
+        the `(H, W, C)` shape read from the data. With
+        `config.class_conditional`, the batches are `(images, labels)` pairs
+        with int32 labels.
     """
     builder = prepare_builder(config.dataset, config.data_dir, config.manual_dir)
     image_shape = tuple(int(d) for d in builder.info.features["image"].shape)
@@ -147,6 +160,12 @@ def load_dataset(config):
             "The dataset needs a 'train' split and a 'test' or 'validation' split. "
             f"Received: dataset={config.dataset!r} with splits {sorted(splits)}"
         )
+    if config.class_conditional and class_names(config) is None:
+        raise ValueError(
+            "`class_conditional` needs a dataset with a 'label' class feature. "
+            f"Received: dataset={config.dataset!r}"
+        )
+    to_model_input = _to_unit_range_with_label if config.class_conditional else _to_unit_range
     num_train = splits["train"].num_examples
     if config.max_train_examples is not None:
         num_train = min(num_train, config.max_train_examples)
@@ -162,14 +181,14 @@ def load_dataset(config):
     )
     val_ds = builder.as_dataset(split=_split(val_split, config.max_val_examples))
     train_ds = (
-        train_ds.map(_to_unit_range, num_parallel_calls=tf.data.AUTOTUNE)
+        train_ds.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE)
         .cache()
         .shuffle(config.shuffle_buffer, seed=config.seed)
         .batch(config.batch_size, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)
     )
     val_ds = (
-        val_ds.map(_to_unit_range, num_parallel_calls=tf.data.AUTOTUNE)
+        val_ds.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE)
         .cache()
         .batch(config.batch_size)
         .prefetch(tf.data.AUTOTUNE)

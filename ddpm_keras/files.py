@@ -134,7 +134,7 @@ def save_image_grid(images, path, title=None, columns=None):
         figure.savefig(temporary, dpi=100)
 
 
-def tile_images(images, columns=None, padding=2):
+def tile_images(images, columns=None, padding=0):
     """Tiles images `[N, H, W, C]` in [0, 1] into one uint8 `[rows*H, columns*W, C]` array.
 
     A plain pixel grid (no figure), with `padding` black pixels between images.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import os
 import zipfile
 
@@ -100,6 +101,12 @@ class DiffusionModel(keras.Model):
             rule (Hang et al. 2023): min(SNR(t), gamma) over SNR(t) for
             epsilon, over 1 for x0 and over SNR(t) + 1 for v. `None`: the
             unweighted MSE.
+        class_names: For a class-conditional network (built with
+            `num_classes`), the names of its classes, in label order; saved
+            with the model. `None` for an unconditional network.
+        label_dropout: Probability of replacing a training label by "no
+            label", so that one network learns the conditional and the
+            unconditional model (classifier-free guidance, Ho & Salimans 2022).
     """
 
     def __init__(
@@ -110,6 +117,8 @@ class DiffusionModel(keras.Model):
         ema_network=None,
         prediction="epsilon",
         min_snr_gamma=None,
+        class_names=None,
+        label_dropout=0.1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -129,6 +138,30 @@ class DiffusionModel(keras.Model):
                 f"`min_snr_gamma` must be a number > 0 or None. Received: "
                 f"min_snr_gamma={min_snr_gamma!r}"
             )
+        if isinstance(label_dropout, bool) or not (
+            isinstance(label_dropout, (int, float)) and 0.0 <= label_dropout <= 1.0
+        ):
+            raise ValueError(
+                f"`label_dropout` must be in [0, 1]. Received: label_dropout={label_dropout!r}"
+            )
+        conditional = len(network.inputs) == 3
+        if class_names is not None:
+            class_names = list(class_names)
+            if not class_names or not all(isinstance(n, str) and n for n in class_names):
+                raise ValueError(
+                    "`class_names` must be a non-empty list of non-empty strings. "
+                    f"Received: class_names={class_names!r}"
+                )
+        if conditional != (class_names is not None) or (
+            conditional and network.get_layer("label_embedding").input_dim != len(class_names) + 1
+        ):
+            raise ValueError(
+                "`class_names` must name the classes of a class-conditional network "
+                "(one per label; the network's label embedding has one more row, for "
+                "'no label'), and be None for an unconditional one. Received: "
+                f"class_names={class_names!r} for a network with inputs "
+                f"{[i.name for i in network.inputs]}"
+            )
         image_shape = tuple(network.inputs[0].shape[1:])
         if None in image_shape or len(image_shape) != 3:
             raise ValueError(
@@ -140,6 +173,8 @@ class DiffusionModel(keras.Model):
         self.ema_decay = float(ema_decay)
         self.prediction = prediction
         self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
+        self.class_names = class_names
+        self.label_dropout = float(label_dropout)
         self.image_shape = image_shape
         if ema_network is None:
             ema_network = keras.models.clone_model(network)
@@ -164,23 +199,50 @@ class DiffusionModel(keras.Model):
     def metrics(self):
         return [self.loss_tracker]
 
+    @property
+    def num_classes(self):
+        """Number of classes of a class-conditional model, else `None`."""
+        return None if self.class_names is None else len(self.class_names)
+
     def call(self, inputs, training=False):
-        """Predicts the noise in `[noisy_images, timesteps]`."""
+        """The network's output for `[noisy_images, timesteps]` (`+ [labels]`)."""
         return self.network(inputs, training=training)
 
     # Training -------------------------------------------------------------
 
-    def _images_from(self, data):
-        images = data[0] if isinstance(data, (tuple, list)) else data
+    def _images_and_labels(self, data):
+        """Splits a batch (images, `(images, labels)` or a dict) for this model.
+
+        Returns float32 images and, for a class-conditional model, int32
+        labels (`None` for an unconditional model, which ignores labels).
+        """
+        labels = None
+        if isinstance(data, (tuple, list)):
+            images = data[0]
+            labels = data[1] if len(data) > 1 else None
+        else:
+            images = data
         if isinstance(images, dict):
-            images = images["image"]
+            images, labels = images["image"], images.get("label", labels)
         shape = tuple(images.shape[1:])
         if shape != self.image_shape:
             raise ValueError(
                 f"Images must have shape (batch, {', '.join(map(str, self.image_shape))}) "
                 f"to match the network. Received: images.shape={tuple(images.shape)}"
             )
-        return tf.cast(images, "float32")
+        if self.num_classes is None:
+            return tf.cast(images, "float32"), None
+        if labels is None:
+            raise ValueError(
+                "A class-conditional model trains on (images, labels) batches. "
+                "Received: images without labels"
+            )
+        return tf.cast(images, "float32"), tf.cast(tf.reshape(labels, [-1]), "int32")
+
+    def _drop_labels(self, labels):
+        """Replaces each label by "no label" (index num_classes) with probability label_dropout."""
+        dropped = tf.random.uniform(tf.shape(labels)) < self.label_dropout
+        return tf.where(dropped, tf.fill(tf.shape(labels), self.num_classes), labels)
 
     def _draw_timesteps_and_noises(self, images):
         """t ~ Uniform{0..T-1} and noise ~ N(0, I) for each image (Algorithm 1).
@@ -203,12 +265,15 @@ class DiffusionModel(keras.Model):
             return clipped_snr / (snr + 1.0)
         return clipped_snr
 
-    def _prediction_losses(self, images, training):
+    def _prediction_losses(self, images, labels, training):
         """Per-example MSE to the target at uniformly drawn t (Algorithm 1, eq. 14)."""
         timesteps, noises = self._draw_timesteps_and_noises(images)
         noisy_images = self.schedule.q_sample(images, timesteps, noises)
         targets = self.schedule.training_target(images, noises, timesteps, self.prediction)
-        outputs = self.network([noisy_images, timesteps], training=training)
+        inputs = [noisy_images, timesteps]
+        if labels is not None:
+            inputs.append(self._drop_labels(labels) if training else labels)
+        outputs = self.network(inputs, training=training)
         outputs = tf.cast(outputs, "float32")
         losses = tf.reduce_mean(tf.square(targets - outputs), axis=[1, 2, 3])
         if self.min_snr_gamma is not None:
@@ -216,9 +281,9 @@ class DiffusionModel(keras.Model):
         return losses
 
     def train_step(self, data):
-        images = self._images_from(data)
+        images, labels = self._images_and_labels(data)
         with tf.GradientTape() as tape:
-            per_example_losses = self._prediction_losses(images, training=True)
+            per_example_losses = self._prediction_losses(images, labels, training=True)
             # Sum / global batch size: Keras sums gradients over replicas, so
             # this gives the gradient of the global mean.
             loss = tf.nn.compute_average_loss(per_example_losses)
@@ -232,8 +297,8 @@ class DiffusionModel(keras.Model):
         return self._step_logs()
 
     def test_step(self, data):
-        images = self._images_from(data)
-        per_example_losses = self._prediction_losses(images, training=False)
+        images, labels = self._images_and_labels(data)
+        per_example_losses = self._prediction_losses(images, labels, training=False)
         self.loss_tracker.update_state(per_example_losses)
         return self._step_logs()
 
@@ -279,25 +344,105 @@ class DiffusionModel(keras.Model):
 
     # Sampling -------------------------------------------------------------
 
-    def _denoise(self, samples, timesteps):
-        return self.ema_network([samples, timesteps], training=False)
+    def _denoise(self, samples, timesteps, labels=None, guidance_scale=1.0):
+        """The EMA network's output, with classifier-free guidance for labelled samples.
 
-    def _compiled(self, kind, sampler):
-        """One compiled graph per kind and sampler configuration, reused across calls."""
+        Guidance mixes the conditional and unconditional ("no label")
+        outputs: out = uncond + guidance_scale * (cond - uncond), so 0 is the
+        unconditional model, 1 the conditional one and > 1 pushes samples
+        further toward their class (Ho & Salimans 2022, eq. 6, with w + 1
+        as the scale).
+        """
+        network = self.ema_network
+        if labels is None:
+            return network([samples, timesteps], training=False)
+        if guidance_scale == 1.0:
+            return network([samples, timesteps, labels], training=False)
+        no_labels = tf.fill(tf.shape(labels), self.num_classes)
+        if guidance_scale == 0.0:
+            return network([samples, timesteps, no_labels], training=False)
+        # One network call on the doubled batch: conditional, then unconditional.
+        outputs = network(
+            [
+                tf.concat([samples, samples], 0),
+                tf.concat([timesteps, timesteps], 0),
+                tf.concat([labels, no_labels], 0),
+            ],
+            training=False,
+        )
+        conditional, unconditional = tf.split(tf.cast(outputs, "float32"), 2)
+        return unconditional + guidance_scale * (conditional - unconditional)
+
+    def _compiled(self, kind, sampler, guidance_scale=1.0):
+        """One compiled graph per kind, sampler configuration and guidance scale."""
         key = (
             kind,
             type(sampler).__name__,
             sampler.num_steps,
             getattr(sampler, "eta", None),
             sampler.prediction,
+            guidance_scale,
         )
         if key not in self._sample_functions:
+
+            def denoise_with(labels):
+                return functools.partial(
+                    self._denoise, labels=labels, guidance_scale=guidance_scale
+                )
+
             if kind == "loop":
-                function = functools.partial(sample_loop, self._denoise, sampler)
+
+                def function(initial_noises, seed, labels):
+                    return sample_loop(denoise_with(labels), sampler, initial_noises, seed)
+
             else:
-                function = functools.partial(reverse_step, self._denoise, sampler)
+
+                def function(index, samples, state, seed, labels):
+                    return reverse_step(denoise_with(labels), sampler, index, samples, state, seed)
+
             self._sample_functions[key] = tf.function(function, autograph=False)
         return self._sample_functions[key]
+
+    def label_ids(self, labels, num_images):
+        """Class ids `[num_images]` from ids or names (one, broadcast, or one per image).
+
+        Names match `class_names` ignoring case, with "_" for spaces
+        (e.g. "ankle_boot").
+        """
+        if self.num_classes is None:
+            raise ValueError(
+                f"This model is unconditional; it takes no labels. Received: labels={labels!r}"
+            )
+        single = isinstance(labels, (str, int, np.integer))
+        values = [labels] * num_images if single else list(np.asarray(labels).ravel())
+        if len(values) != num_images:
+            raise ValueError(
+                f"`labels` must be one label or one per image ({num_images}). "
+                f"Received: {len(values)} labels"
+            )
+        by_name = {name.lower().replace(" ", "_"): i for i, name in enumerate(self.class_names)}
+        ids = []
+        for value in values:
+            if isinstance(value, (str, np.str_)):
+                key = str(value).lower().replace(" ", "_")
+                if key not in by_name:
+                    raise ValueError(
+                        f"Unknown class name. Expected one of {self.class_names}. "
+                        f"Received: labels={value!r}"
+                    )
+                ids.append(by_name[key])
+            elif (
+                isinstance(value, (int, np.integer))
+                and not isinstance(value, bool)
+                and 0 <= value < self.num_classes
+            ):
+                ids.append(int(value))
+            else:
+                raise ValueError(
+                    f"A label must be a class name or an id in [0, {self.num_classes - 1}]. "
+                    f"Received: labels={value!r}"
+                )
+        return np.asarray(ids, np.int32)
 
     def generate(
         self,
@@ -308,6 +453,8 @@ class DiffusionModel(keras.Model):
         seed=None,
         batch_size=64,
         callback=None,
+        labels=None,
+        guidance_scale=1.0,
     ):
         """Samples images with the EMA weights.
 
@@ -325,6 +472,12 @@ class DiffusionModel(keras.Model):
                 `callback(batch_index, step_index, samples)` after each step
                 with the batch's current x_t as a NumPy array in about
                 [-1, 1]: for progress bars and frames of the reverse process.
+            labels: Class-conditional models only: a class name or id for
+                all images, or one per image (see `label_ids`). `None`
+                samples the unconditional model.
+            guidance_scale: Classifier-free guidance for labelled samples,
+                >= 0: 0 is unconditional, 1 conditional without guidance,
+                larger values follow the label more closely.
 
         Returns:
             NumPy float32 array `[num_images, H, W, C]` in [0, 1].
@@ -333,12 +486,27 @@ class DiffusionModel(keras.Model):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
         sampler = get_sampler(sampler, self.schedule, steps, eta, self.prediction)
+        if (
+            isinstance(guidance_scale, bool)
+            or not isinstance(guidance_scale, (int, float))
+            or not 0.0 <= guidance_scale < math.inf
+        ):
+            raise ValueError(
+                f"`guidance_scale` must be a number >= 0. Received: guidance_scale={guidance_scale!r}"
+            )
+        guidance_scale = float(guidance_scale)
+        if labels is not None:
+            labels = self.label_ids(labels, num_images)
+        elif self.num_classes is not None:
+            # Unconditional samples of a conditional model: the "no label" id.
+            labels = np.full(num_images, self.num_classes, np.int32)
+            guidance_scale = 1.0
         if seed is None:
             seed = int(np.random.default_rng().integers(0, 2**31 - 1))
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"`seed` must be an integer >= 0. Received: seed={seed!r}")
-        sample = self._compiled("loop", sampler)
-        step = None if callback is None else self._compiled("step", sampler)
+        sample = self._compiled("loop", sampler, guidance_scale)
+        step = None if callback is None else self._compiled("step", sampler, guidance_scale)
         batches = []
         for batch_index, start in enumerate(range(0, num_images, batch_size)):
             count = min(batch_size, num_images - start)
@@ -348,13 +516,15 @@ class DiffusionModel(keras.Model):
                 (count,) + self.image_shape,
                 seed=tf.stack([batch_seed, tf.constant(_INITIAL_NOISE_STREAM, tf.int64)]),
             )
+            batch_labels = None if labels is None else tf.constant(labels[start : start + count])
             if step is None:
-                batches.append(sample(initial_noises, batch_seed).numpy())
+                batches.append(sample(initial_noises, batch_seed, batch_labels).numpy())
                 continue
             samples, state = initial_noises, sampler.initial_state(initial_noises)
             for index in range(sampler.num_steps):
-                samples, state = step(tf.constant(index, tf.int32), samples, state, batch_seed)
-                callback(batch_index, index, samples.numpy())
+                index = tf.constant(index, tf.int32)
+                samples, state = step(index, samples, state, batch_seed, batch_labels)
+                callback(batch_index, int(index), samples.numpy())
             batches.append(samples.numpy())
         images = np.concatenate(batches, axis=0)
         return np.clip((images + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
@@ -371,6 +541,8 @@ class DiffusionModel(keras.Model):
                 "ema_network": keras.saving.serialize_keras_object(self.ema_network),
                 "prediction": self.prediction,
                 "min_snr_gamma": self.min_snr_gamma,
+                "class_names": self.class_names,
+                "label_dropout": self.label_dropout,
             }
         )
         return config
@@ -385,13 +557,21 @@ class DiffusionModel(keras.Model):
         return cls(**config)
 
 
-def build_model(config, image_shape):
+def build_model(config, image_shape, class_names=None):
     """Builds an uncompiled `DiffusionModel` from a `DiffusionConfig`.
 
     Args:
         config: A `DiffusionConfig`.
         image_shape: `(H, W, C)` of the training images.
+        class_names: The dataset's label names; required if
+            `config.class_conditional` (see `data.class_names`), else unused.
     """
+    if config.class_conditional and not class_names:
+        raise ValueError(
+            "A class-conditional model needs the dataset's class names. "
+            f"Received: class_names={class_names!r}"
+        )
+    class_names = list(class_names) if config.class_conditional else None
     from ddpm_keras.unet import build_unet
 
     network = build_unet(
@@ -401,6 +581,7 @@ def build_model(config, image_shape):
         num_res_blocks=config.num_res_blocks,
         attention=config.attention,
         norm_groups=config.norm_groups,
+        num_classes=None if class_names is None else len(class_names),
         dtype=config.precision,
     )
     schedule = NoiseSchedule(config.schedule, config.timesteps, config.beta_start, config.beta_end)
@@ -412,6 +593,8 @@ def build_model(config, image_shape):
         ema_decay=config.ema_decay,
         prediction=config.prediction,
         min_snr_gamma=config.min_snr_gamma,
+        class_names=class_names,
+        label_dropout=config.label_dropout,
         dtype=config.precision,
     )
 

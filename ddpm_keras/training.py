@@ -11,7 +11,7 @@ import keras
 
 from ddpm_keras.callbacks import default_callbacks
 from ddpm_keras.config import DiffusionConfig
-from ddpm_keras.data import load_dataset
+from ddpm_keras.data import class_names, load_dataset
 from ddpm_keras.distribute import check_jit_compile, is_chief, make_strategy
 from ddpm_keras.files import ensure_writable_dir, save_image_grid, save_model, write_json
 from ddpm_keras.model import build_model, load_diffusion_model
@@ -114,7 +114,7 @@ def train(config: DiffusionConfig, callbacks=()) -> dict:
     strategy = start_run(config)
     train_ds, val_ds, image_shape = load_dataset(config)
     with strategy.scope():
-        model = build_model(config, image_shape)
+        model = build_model(config, image_shape, class_names(config))
         optimizer = build_optimizer(config, steps_per_epoch(train_ds))
         model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     history = model.fit(

@@ -214,13 +214,15 @@ def build_unet(
     num_res_blocks=2,
     attention=True,
     norm_groups=8,
+    num_classes=None,
     dtype=None,
     name="unet",
 ):
-    """Builds the noise-prediction UNet as a functional Keras model.
+    """Builds the denoising UNet as a functional Keras model.
 
     Inputs are `[noisy_images, timesteps]` (float `[B, H, W, C]` and int
-    `[B]`); the output is the predicted noise, float32, shaped like the images.
+    `[B]`), plus int `labels` `[B]` if `num_classes` is set; the output
+    (predicted noise, x_0 or v) is float32, shaped like the images.
 
     Args:
         image_shape: `(H, W, C)`. H and W must be divisible by
@@ -231,6 +233,10 @@ def build_unet(
         num_res_blocks: Residual blocks per level (the decoder has one more).
         attention: Self-attention in the bottleneck (lowest resolution).
         norm_groups: Groups of every GroupNormalization.
+        num_classes: If set, the network also takes a class label in
+            [0, num_classes], where `num_classes` itself means "no label"
+            (classifier-free guidance, Ho & Salimans 2022). A learned label
+            embedding is added to the timestep embedding.
         dtype: Keras dtype policy of the layers, e.g. `"mixed_float16"`
             (`None`: the global policy). The output layer is always float32.
         name: Model name.
@@ -267,6 +273,12 @@ def build_unet(
                 f"channel_multipliers={tuple(channel_multipliers)}"
             )
 
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
+        raise ValueError(
+            f"`num_classes` must be an integer >= 1 or None. Received: num_classes={num_classes!r}"
+        )
     noisy_images = keras.Input(shape=image_shape, name="noisy_images")
     timesteps = keras.Input(shape=(), dtype="int32", name="timesteps")
 
@@ -278,6 +290,17 @@ def build_unet(
         embedding_dim, activation="swish", name="time_dense1", dtype=dtype
     )(time_embedding)
     time_embedding = layers.Dense(embedding_dim, name="time_dense2", dtype=dtype)(time_embedding)
+    inputs = [noisy_images, timesteps]
+    if num_classes is not None:
+        labels = keras.Input(shape=(), dtype="int32", name="labels")
+        # One row per class plus the "no label" row at index num_classes.
+        label_embedding = layers.Embedding(
+            num_classes + 1, embedding_dim, name="label_embedding", dtype=dtype
+        )(labels)
+        time_embedding = layers.Add(name="time_label_add", dtype=dtype)(
+            [time_embedding, label_embedding]
+        )
+        inputs.append(labels)
 
     x = layers.Conv2D(base_channels, 3, padding="same", name="conv_in", dtype=dtype)(noisy_images)
     skips = [x]
@@ -324,4 +347,4 @@ def build_unet(
     pred_noises = layers.Conv2D(
         image_shape[-1], 3, padding="same", dtype="float32", name="conv_out"
     )(x)
-    return keras.Model([noisy_images, timesteps], pred_noises, name=name)
+    return keras.Model(inputs, pred_noises, name=name)

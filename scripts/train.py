@@ -14,7 +14,7 @@ import keras
 
 from ddpm_keras.callbacks import default_callbacks
 from ddpm_keras.cli import config_from_args, train_parser, user_errors_exit
-from ddpm_keras.data import load_dataset
+from ddpm_keras.data import class_names, load_dataset
 from ddpm_keras.distribute import is_chief
 from ddpm_keras.files import save_model
 from ddpm_keras.model import build_model
@@ -31,7 +31,8 @@ def main(argv=None):
 
     train_ds, val_ds, image_shape = load_dataset(config)
     with strategy.scope():  # model, optimizer and metrics live on every replica
-        model = build_model(config, image_shape)
+        # A class-conditional model keeps the dataset's label names.
+        model = build_model(config, image_shape, class_names(config))
         # Adam with the config's learning-rate schedule (warm-up, cosine decay).
         optimizer = build_optimizer(config, steps_per_epoch(train_ds))
         model.compile(optimizer=optimizer, jit_compile=config.jit_compile)

@@ -15,7 +15,6 @@ from ddpm_keras.callbacks import (
     SampleGrid,
     default_callbacks,
 )
-from ddpm_keras.callbacks.samples import tile_images
 from ddpm_keras.config import get_config
 from ddpm_keras.features import FeatureExtractor
 from ddpm_keras.metrics import FeatureStatistics, frechet_distance, kernel_inception_distance
@@ -113,16 +112,6 @@ def test_tensorboard_gets_scalars_and_sample_grids(tiny_model, images, tmp_path)
     assert (int(width), int(height)) == (16, 16) and grid.shape == (16, 16, 1)
     # The logged image is the grid of the PNG written at the same epoch.
     assert grid.std() > 0
-
-
-def test_tile_images_places_images_row_by_row():
-    images = np.stack([np.full((2, 3, 1), value) for value in (0.0, 0.25, 0.5, 0.75, 1.5)])
-    grid = tile_images(images)  # 5 images: 3 columns, 2 rows
-    assert grid.shape == (4, 9, 1) and grid.dtype == np.uint8
-    assert grid[0, 0, 0] == 0 and grid[0, 3, 0] == 64 and grid[0, 6, 0] == 128
-    assert grid[2, 0, 0] == 191 and grid[2, 3, 0] == 255  # 1.5 clipped to 1
-    assert grid[2, 6, 0] == 0  # the empty cell stays black
-    assert tile_images(images, columns=5).shape == (2, 15, 1)
 
 
 def test_metrics_json_continues_a_resumed_run(tiny_model, tmp_path):

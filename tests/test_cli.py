@@ -274,5 +274,5 @@ def test_sample_shows_progress_and_writes_the_reverse_process_gif(tmp_path, tiny
     assert "12/12" not in capsys.readouterr().out
     model = load_diffusion_model(model_path)
     images = model.generate(5, steps=6, sampler="dpmpp_2m", seed=4, batch_size=3)
-    expected = np.repeat(np.repeat(tile_images(images)[..., 0], 3, axis=0), 3, axis=1)
+    expected = np.repeat(np.repeat(tile_images(images, padding=2)[..., 0], 3, axis=0), 3, axis=1)
     np.testing.assert_allclose(last_frame, expected, atol=1.0)

@@ -81,6 +81,16 @@ def test_image_grid_leaves_the_matplotlib_backend_alone(tmp_path):
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_tile_images_places_images_row_by_row():
+    images = np.stack([np.full((2, 3, 1), value) for value in (0.0, 0.25, 0.5, 0.75, 1.5)])
+    grid = tile_images(images)  # 5 images: 3 columns, 2 rows
+    assert grid.shape == (4, 9, 1) and grid.dtype == np.uint8
+    assert grid[0, 0, 0] == 0 and grid[0, 3, 0] == 64 and grid[0, 6, 0] == 128
+    assert grid[2, 0, 0] == 191 and grid[2, 3, 0] == 255  # 1.5 clipped to 1
+    assert grid[2, 6, 0] == 0  # the empty cell stays black
+    assert tile_images(images, columns=5).shape == (2, 15, 1)
+
+
 def test_tile_images_lays_out_rows_with_gaps():
     images = np.stack([np.full((2, 3, 1), value) for value in (0.0, 0.5, 1.0)])
     grid = tile_images(images, columns=2, padding=1)

@@ -6,10 +6,12 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from ddpm_keras.files import save_model
 from ddpm_keras.model import DiffusionModel, load_diffusion_model
 from ddpm_keras.schedule import NoiseSchedule
+from ddpm_keras.unet import build_unet
 
 from .conftest import REPO_ROOT, build_tiny_network
 from .fakes import ImageDerivedNoiseModel
@@ -180,7 +182,7 @@ def test_loss_regresses_the_target_with_min_snr_weights(prediction, min_snr_gamm
         build_tiny_network(), schedule, prediction=prediction, min_snr_gamma=min_snr_gamma
     )
     images = np.random.default_rng(0).uniform(-1, 1, (6, 8, 8, 1)).astype(np.float32)
-    losses = model._prediction_losses(images, training=False).numpy()
+    losses = model._prediction_losses(images, None, training=False).numpy()
 
     timesteps, noises = (np.asarray(x) for x in model._draw_timesteps_and_noises(images))
     a = np.sqrt(schedule.alphas_cumprod[timesteps])[:, None, None, None]
@@ -380,3 +382,114 @@ def test_xla_gives_the_graph_mode_loss_trajectory(images):
             "loss"
         ]
     np.testing.assert_allclose(trajectories[True], trajectories[False], rtol=1e-4)
+
+
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Ankle boot"]
+
+
+def conditional_model(label_dropout=0.1):
+    network = build_unet(
+        (8, 8, 1),
+        base_channels=8,
+        channel_multipliers=(1, 2),
+        num_res_blocks=1,
+        attention=False,
+        norm_groups=4,
+        num_classes=len(CLASS_NAMES),
+    )
+    return DiffusionModel(
+        network,
+        NoiseSchedule("linear", timesteps=100),
+        ema_decay=0.9,
+        class_names=CLASS_NAMES,
+        label_dropout=label_dropout,
+    )
+
+
+def test_conditional_model_trains_on_labelled_batches_and_keeps_its_class_names(tmp_path):
+    model = compiled(conditional_model())
+    images = np.random.default_rng(0).uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32)
+    labels = np.arange(16) % 3
+    history = model.fit(images, labels, batch_size=8, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    with pytest.raises(ValueError, match="trains on \\(images, labels\\) batches"):
+        model.fit(images, batch_size=8, epochs=1, verbose=0)
+    save_model(model, tmp_path / "c.keras")
+    loaded = load_diffusion_model(tmp_path / "c.keras")
+    assert loaded.class_names == CLASS_NAMES and loaded.num_classes == 3
+    assert loaded.label_dropout == 0.1
+
+
+def test_label_dropout_replaces_labels_by_the_no_label_id():
+    labels = tf.constant(np.arange(4000) % 3, tf.int32)
+    assert np.all(conditional_model(0.0)._drop_labels(labels).numpy() == labels.numpy())
+    assert np.all(conditional_model(1.0)._drop_labels(labels).numpy() == 3)
+    dropped = conditional_model(0.1)._drop_labels(labels).numpy()
+    kept = dropped != 3
+    assert np.all(dropped[kept] == labels.numpy()[kept])
+    assert 0.08 < np.mean(~kept) < 0.12  # 4000 draws: 0.1 +- 3 standard deviations
+
+
+def randomize_weights(network, seed=2):
+    """Random weights everywhere (a new network's output layer starts at zero)."""
+    rng = np.random.default_rng(seed)
+    for weight in network.weights:
+        weight.assign(rng.normal(0, 0.3, weight.shape).astype(weight.dtype))
+
+
+def test_guidance_mixes_conditional_and_unconditional_outputs():
+    model = conditional_model()
+    randomize_weights(model.ema_network)
+    rng = np.random.default_rng(1)
+    samples = tf.constant(rng.standard_normal((4, 8, 8, 1)), tf.float32)
+    timesteps = tf.constant([5, 50, 90, 99], tf.int32)
+    labels = tf.constant([0, 1, 2, 1], tf.int32)
+    conditional = model.ema_network([samples, timesteps, labels]).numpy()
+    unconditional = model.ema_network([samples, timesteps, tf.fill([4], 3)]).numpy()
+    assert np.abs(conditional - unconditional).max() > 0.1
+    for scale in (0.0, 1.0, 3.0):
+        guided = model._denoise(samples, timesteps, labels, guidance_scale=scale).numpy()
+        expected = unconditional + scale * (conditional - unconditional)
+        np.testing.assert_allclose(guided, expected, atol=1e-5)
+
+
+def test_guidance_scale_zero_reproduces_the_unconditional_sampler():
+    model = conditional_model()
+    randomize_weights(model.ema_network)
+    unconditional = model.generate(3, steps=4, seed=7)
+    for label in ("trouser", 1, [0, 2, 1]):
+        guided = model.generate(3, steps=4, seed=7, labels=label, guidance_scale=0.0)
+        np.testing.assert_array_equal(guided, unconditional)
+    conditional = model.generate(3, steps=4, seed=7, labels="ankle_boot")
+    assert np.abs(conditional - unconditional).max() > 0.05
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"labels": "sneaker"}, "labels='sneaker'"),
+        ({"labels": 3}, "labels=3"),
+        ({"labels": [0, 1]}, "Received: 2 labels"),
+        ({"labels": 0, "guidance_scale": -1.0}, "guidance_scale=-1.0"),
+    ],
+)
+def test_generate_rejects_bad_labels(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        conditional_model().generate(3, steps=2, **kwargs)
+
+
+def test_labels_and_class_names_must_fit_the_network(tiny_network, tiny_model):
+    with pytest.raises(ValueError, match="unconditional; it takes no labels"):
+        tiny_model.generate(2, steps=2, labels=0)
+    with pytest.raises(ValueError, match="class_names=\\['a'\\]"):
+        DiffusionModel(tiny_network, NoiseSchedule(timesteps=10), class_names=["a"])
+    conditional_network = conditional_model().network
+    with pytest.raises(ValueError, match="class_names=\\['a', 'b'\\]"):
+        DiffusionModel(conditional_network, NoiseSchedule(timesteps=10), class_names=["a", "b"])
+    with pytest.raises(ValueError, match="label_dropout=1.5"):
+        DiffusionModel(
+            conditional_network,
+            NoiseSchedule(timesteps=10),
+            class_names=CLASS_NAMES,
+            label_dropout=1.5,
+        )

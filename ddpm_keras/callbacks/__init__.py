@@ -42,9 +42,10 @@ def default_callbacks(config, strategy=None):
             every=config.sample_every,
             num_images=config.num_samples,
             sampler=config.sampler,
-            steps=config.sample_steps if config.sampler == "ddim" else None,
+            steps=config.sample_steps if config.sampler != "ddpm" else None,
             eta=config.eta,
             seed=config.seed,
+            guidance_scale=config.guidance_scale,
             tensorboard_dir=tensorboard_dir,
         ),
     ]

@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 import keras
 import numpy as np
 
-from ddpm_keras.files import save_image_grid
-
-
-def tile_images(images, columns=None):
-    """Tiles `[N, H, W, C]` images in [0, 1] into one `[rows*H, columns*W, C]` uint8 image.
-
-    Args:
-        images: Images in [0, 1].
-        columns: Images per row (`None`: a square-ish grid).
-    """
-    images = np.asarray(images)
-    count, height, width, channels = images.shape
-    columns = columns or math.ceil(math.sqrt(count))
-    rows = math.ceil(count / columns)
-    grid = np.zeros((rows * height, columns * width, channels), np.uint8)
-    for index, image in enumerate(np.clip(images, 0.0, 1.0)):
-        row, column = divmod(index, columns)
-        grid[row * height : (row + 1) * height, column * width : (column + 1) * width] = np.round(
-            image * 255
-        ).astype(np.uint8)
-    return grid
+from ddpm_keras.files import save_image_grid, tile_images
 
 
 class SampleGrid(keras.callbacks.Callback):
@@ -48,6 +27,8 @@ class SampleGrid(keras.callbacks.Callback):
         steps: Sampling steps (`None`: the sampler's default).
         eta: DDIM eta.
         seed: Sampling seed.
+        guidance_scale: For a class-conditional model, whose grid has one row
+            per class: the classifier-free guidance scale.
         tensorboard_dir: TensorBoard log dir for the grids (`None`: none);
             they go to its `samples` subfolder, beside the `train` and
             `validation` scalars of `keras.callbacks.TensorBoard`.
@@ -63,6 +44,7 @@ class SampleGrid(keras.callbacks.Callback):
         steps=None,
         eta=0.0,
         seed=0,
+        guidance_scale=1.0,
         tensorboard_dir=None,
     ):
         super().__init__()
@@ -76,18 +58,28 @@ class SampleGrid(keras.callbacks.Callback):
         self.steps = steps
         self.eta = eta
         self.seed = seed
+        self.guidance_scale = guidance_scale
         self.tensorboard_dir = None if tensorboard_dir is None else os.fspath(tensorboard_dir)
         self._summary_writer = None
 
     def _write(self, path, title):
+        num_images, labels, columns = self.num_images, None, None
+        if self.model.num_classes is not None:
+            # One row per class, as many columns as num_images allows (>= 1).
+            columns = max(1, self.num_images // self.model.num_classes)
+            labels = np.repeat(np.arange(self.model.num_classes), columns)
+            num_images = len(labels)
+            title += f", guidance {self.guidance_scale:g}"
         images = self.model.generate(
-            self.num_images,
+            num_images,
             steps=self.steps,
             sampler=self.sampler,
             eta=self.eta,
             seed=self.seed,
+            labels=labels,
+            guidance_scale=self.guidance_scale,
         )
-        save_image_grid(images, path, title=title)
+        save_image_grid(images, path, title=title, columns=columns)
         return images
 
     def _log_to_tensorboard(self, images, epoch):
