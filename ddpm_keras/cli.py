@@ -252,7 +252,8 @@ def sample_main(argv=None):
         title += f", guidance {args.guidance_scale:g}"
         if args.class_label is not None:
             title = f"{model.class_names[labels[0]]}: {title}"
-    save_image_grid(images, args.output, title=title, columns=columns)
+    row_labels = None if args.per_class is None else model.class_names
+    save_image_grid(images, args.output, title=title, columns=columns, row_labels=row_labels)
     print(f"Wrote {len(images)} samples to {args.output}")
     if args.gif:
         save_gif(recorder.frames(), args.gif)

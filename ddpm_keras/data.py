@@ -137,7 +137,8 @@ def _to_unit_range_with_label(example):
 def class_names(config):
     """The label names of `config.dataset` (from TFDS metadata), or `None` if it has none."""
     builder = prepare_builder(config.dataset, config.data_dir, config.manual_dir)
-    label = builder.info.features.get("label") if "label" in builder.info.features else None
+    features = builder.info.features
+    label = features["label"] if "label" in features.keys() else None
     return list(label.names) if isinstance(label, tfds.features.ClassLabel) else None
 
 

@@ -168,3 +168,54 @@ def markdown_table(rows, extractor_name, reference_split):
         "seconds include sampling and feature extraction."
     )
     return "\n".join(lines)
+
+
+def class_agreement(
+    model, classifier, per_class, sampler="ddim", steps=None, guidance_scale=1.0, seed=0
+):
+    """How often a classifier labels class-conditional samples as the class asked for.
+
+    Args:
+        model: A class-conditional `DiffusionModel`.
+        classifier: A Keras model mapping images in [-1, 1] to logits over
+            the same classes, in the same order (e.g.
+            `features.fmnist_classifier()` for Fashion-MNIST).
+        per_class: Samples per class.
+        sampler, steps: The sampler and its steps.
+        guidance_scale: Classifier-free guidance scale.
+        seed: Sampling seed.
+
+    Returns:
+        A dict: `agreement` (the share of all samples), `per_class` (name ->
+        share), `per_class_samples` and the sampling settings.
+    """
+    if model.num_classes is None:
+        raise ValueError("`model` must be class-conditional. Received: an unconditional model")
+    labels = np.repeat(np.arange(model.num_classes), per_class)
+    images = model.generate(
+        len(labels),
+        steps=steps,
+        sampler=sampler,
+        seed=seed,
+        labels=labels,
+        guidance_scale=guidance_scale,
+    )
+    logits = classifier.predict(images * 2.0 - 1.0, batch_size=256, verbose=0)
+    if logits.shape[-1] != model.num_classes:
+        raise ValueError(
+            f"The classifier has {logits.shape[-1]} classes, the model {model.num_classes}. "
+            f"Received: classifier={getattr(classifier, 'name', classifier)!r}"
+        )
+    correct = np.argmax(logits, axis=-1) == labels
+    return {
+        "agreement": float(np.mean(correct)),
+        "per_class": {
+            name: float(np.mean(correct[labels == index]))
+            for index, name in enumerate(model.class_names)
+        },
+        "per_class_samples": per_class,
+        "sampler": sampler,
+        "steps": steps,
+        "guidance_scale": guidance_scale,
+        "seed": seed,
+    }

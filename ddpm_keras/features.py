@@ -99,6 +99,13 @@ class FeatureExtractor:
 
 def fmnist_extractor(weights_path=FMNIST_WEIGHTS, batch_size=256):
     """The committed Fashion-MNIST classifier's "features" layer."""
+    classifier = fmnist_classifier(weights_path)
+    model = keras.Model(classifier.input, classifier.get_layer("features").output)
+    return FeatureExtractor(model, "fmnist", batch_size)
+
+
+def fmnist_classifier(weights_path=FMNIST_WEIGHTS):
+    """The committed Fashion-MNIST classifier (logits), weights loaded."""
     if not os.path.isfile(weights_path):
         raise FileNotFoundError(
             f"No classifier weights at {weights_path}. Train them with "
@@ -106,8 +113,7 @@ def fmnist_extractor(weights_path=FMNIST_WEIGHTS, batch_size=256):
         )
     classifier = build_fmnist_classifier()
     classifier.load_weights(weights_path)
-    model = keras.Model(classifier.input, classifier.get_layer("features").output)
-    return FeatureExtractor(model, "fmnist", batch_size)
+    return classifier
 
 
 def fmnist_card():

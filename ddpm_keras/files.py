@@ -96,7 +96,7 @@ def save_model_weights(model, path):
         model.save_weights(temporary)
 
 
-def save_image_grid(images, path, title=None, columns=None):
+def save_image_grid(images, path, title=None, columns=None, row_labels=None):
     """Saves images `[N, H, W, C]` in [0, 1] as one PNG grid, atomically.
 
     Args:
@@ -104,6 +104,7 @@ def save_image_grid(images, path, title=None, columns=None):
         path: Output `.png` path.
         title: Optional figure title.
         columns: Grid columns; default: the square root of N, rounded up.
+        row_labels: Optional text left of each row (e.g. class names).
     """
     # A bare Figure draws without pyplot, so the caller's backend (e.g. a
     # notebook's inline plots) is left alone.
@@ -117,8 +118,15 @@ def save_image_grid(images, path, title=None, columns=None):
     count = images.shape[0]
     columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
-    figure = Figure(figsize=(columns * 1.0, rows * 1.0 + (0.4 if title else 0.0)))
+    if row_labels is not None and len(row_labels) != rows:
+        raise ValueError(
+            f"`row_labels` must have one entry per row ({rows}). Received: row_labels={row_labels!r}"
+        )
+    label_width = 1.2 if row_labels is not None else 0.0
+    figure = Figure(figsize=(columns * 1.0 + label_width, rows * 1.0 + (0.4 if title else 0.0)))
     axes = figure.subplots(rows, columns, squeeze=False)
+    for axis, label in zip(axes[:, 0], row_labels or (), strict=False):
+        axis.text(-0.08, 0.5, label, transform=axis.transAxes, ha="right", va="center", fontsize=8)
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index < count:

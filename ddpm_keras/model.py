@@ -79,6 +79,31 @@ def sample_loop(denoise, sampler, initial_noises, seed):
     return samples
 
 
+class _SamplingFunction:
+    """What `DiffusionModel` compiles for sampling: the whole loop or one step.
+
+    A callable object rather than a closure: TensorFlow's retracing warning
+    counts traces per Python code object, so closures made for different
+    samplers would share one count and warn about tracing that is intended
+    (one graph per sampler configuration).
+    """
+
+    def __init__(self, model, kind, sampler, guidance_scale):
+        self.model, self.kind, self.sampler = model, kind, sampler
+        self.guidance_scale = guidance_scale
+
+    def __call__(self, *args):
+        *args, labels = args
+        denoise = functools.partial(
+            self.model._denoise, labels=labels, guidance_scale=self.guidance_scale
+        )
+        if self.kind == "loop":
+            initial_noises, seed = args
+            return sample_loop(denoise, self.sampler, initial_noises, seed)
+        index, samples, state, seed = args
+        return reverse_step(denoise, self.sampler, index, samples, state, seed)
+
+
 @keras.saving.register_keras_serializable(package="ddpm_keras")
 class DiffusionModel(keras.Model):
     """Denoising diffusion probabilistic model (Ho et al. 2020).
@@ -384,22 +409,7 @@ class DiffusionModel(keras.Model):
             guidance_scale,
         )
         if key not in self._sample_functions:
-
-            def denoise_with(labels):
-                return functools.partial(
-                    self._denoise, labels=labels, guidance_scale=guidance_scale
-                )
-
-            if kind == "loop":
-
-                def function(initial_noises, seed, labels):
-                    return sample_loop(denoise_with(labels), sampler, initial_noises, seed)
-
-            else:
-
-                def function(index, samples, state, seed, labels):
-                    return reverse_step(denoise_with(labels), sampler, index, samples, state, seed)
-
+            function = _SamplingFunction(self, kind, sampler, guidance_scale)
             self._sample_functions[key] = tf.function(function, autograph=False)
         return self._sample_functions[key]
 

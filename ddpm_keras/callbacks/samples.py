@@ -63,12 +63,13 @@ class SampleGrid(keras.callbacks.Callback):
         self._summary_writer = None
 
     def _write(self, path, title):
-        num_images, labels, columns = self.num_images, None, None
+        num_images, labels, columns, row_labels = self.num_images, None, None, None
         if self.model.num_classes is not None:
             # One row per class, as many columns as num_images allows (>= 1).
             columns = max(1, self.num_images // self.model.num_classes)
             labels = np.repeat(np.arange(self.model.num_classes), columns)
             num_images = len(labels)
+            row_labels = self.model.class_names
             title += f", guidance {self.guidance_scale:g}"
         images = self.model.generate(
             num_images,
@@ -79,7 +80,7 @@ class SampleGrid(keras.callbacks.Callback):
             labels=labels,
             guidance_scale=self.guidance_scale,
         )
-        save_image_grid(images, path, title=title, columns=columns)
+        save_image_grid(images, path, title=title, columns=columns, row_labels=row_labels)
         return images
 
     def _log_to_tensorboard(self, images, epoch):
