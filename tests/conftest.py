@@ -68,6 +68,35 @@ def build_tiny_network(dtype=None):
     )
 
 
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Ankle boot"]
+
+
+def build_tiny_conditional_model(label_dropout=0.1):
+    """A class-conditional 8x8x1 model with three classes."""
+    from ddpm_keras.model import DiffusionModel
+    from ddpm_keras.schedule import NoiseSchedule
+    from ddpm_keras.unet import build_unet
+
+    network = build_unet(
+        (8, 8, 1),
+        base_channels=8,
+        channel_multipliers=(1, 2),
+        num_res_blocks=1,
+        attention=False,
+        norm_groups=4,
+        num_classes=len(CLASS_NAMES),
+    )
+    # Cosine: with T = 100 the default linear betas leave alpha_bar_T = 0.37,
+    # so x_T would still show the image and the label would teach nothing.
+    return DiffusionModel(
+        network,
+        NoiseSchedule("cosine", timesteps=100),
+        ema_decay=0.9,
+        class_names=CLASS_NAMES,
+        label_dropout=label_dropout,
+    )
+
+
 @pytest.fixture
 def tiny_network():
     return build_tiny_network()

@@ -276,3 +276,29 @@ def test_sample_shows_progress_and_writes_the_reverse_process_gif(tmp_path, tiny
     images = model.generate(5, steps=6, sampler="dpmpp_2m", seed=4, batch_size=3)
     expected = np.repeat(np.repeat(tile_images(images, padding=2)[..., 0], 3, axis=0), 3, axis=1)
     np.testing.assert_allclose(last_frame, expected, atol=1.0)
+
+
+def test_sample_draws_one_class_or_a_row_per_class(tmp_path, capsys):
+    from ddpm_keras.files import save_model
+
+    from .conftest import build_tiny_conditional_model
+
+    model_path = tmp_path / "c.keras"
+    save_model(build_tiny_conditional_model(), model_path)
+    common = ["--model", str(model_path), "--steps", "3", "--no-progress"]
+    grid = tmp_path / "boots.png"
+    argv = [*common, "--class", "ankle_boot", "--num-images", "4", "--guidance-scale", "2"]
+    assert sample_main([*argv, "--output", str(grid)]) == 0
+    assert grid.exists()
+    per_class = tmp_path / "classes.png"
+    assert sample_main([*common, "--per-class", "2", "--output", str(per_class)]) == 0
+    assert "Wrote 6 samples" in capsys.readouterr().out  # 3 classes x 2
+    for argv, message in [
+        (["--class", "sneaker"], "labels='sneaker'"),
+        (["--class", "7"], "labels=7"),
+        (["--per-class", "0"], "per_class=0"),
+        (["--per-class", "2", "--class", "trouser"], "not both"),
+    ]:
+        assert sample_main([*common, *argv, "--output", str(tmp_path / "x.png")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()

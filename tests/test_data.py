@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from ddpm_keras.config import get_config
-from ddpm_keras.data import MANUAL_FILES, DataUnavailableError, load_dataset, prepare_builder
+from ddpm_keras.data import (
+    MANUAL_FILES,
+    DataUnavailableError,
+    class_names,
+    load_dataset,
+    prepare_builder,
+)
 
 
 def test_loads_fashion_mnist_offline_in_unit_range(manual_dir, tfds_data_dir):
@@ -70,3 +76,22 @@ def test_unknown_and_non_image_datasets_are_rejected(tmp_path):
     # imdb_reviews is text: its features are known without downloading anything.
     with pytest.raises(ValueError, match="not an image dataset"):
         prepare_builder("imdb_reviews", data_dir=str(tmp_path))
+
+
+def test_class_conditional_batches_pair_images_with_labels(manual_dir, tfds_data_dir):
+    config = get_config(
+        "smoke",
+        manual_dir=manual_dir,
+        data_dir=tfds_data_dir,
+        batch_size=16,
+        max_train_examples=64,
+        max_val_examples=16,
+        class_conditional=True,
+    )
+    train_ds, val_ds, _ = load_dataset(config)
+    images, labels = next(iter(train_ds))
+    assert images.shape == (16, 28, 28, 1) and labels.shape == (16,)
+    assert labels.dtype.name == "int32" and 0 <= labels.numpy().min() <= labels.numpy().max() < 10
+    plain_images = next(iter(load_dataset(config.replace(class_conditional=False))[0]))
+    np.testing.assert_array_equal(images.numpy(), plain_images.numpy())  # same order
+    assert class_names(config)[:2] == ["T-shirt/top", "Trouser"] and len(class_names(config)) == 10

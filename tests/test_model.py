@@ -11,9 +11,9 @@ import tensorflow as tf
 from ddpm_keras.files import save_model
 from ddpm_keras.model import DiffusionModel, load_diffusion_model
 from ddpm_keras.schedule import NoiseSchedule
-from ddpm_keras.unet import build_unet
 
-from .conftest import REPO_ROOT, build_tiny_network
+from .conftest import CLASS_NAMES, REPO_ROOT, build_tiny_network
+from .conftest import build_tiny_conditional_model as conditional_model
 from .fakes import ImageDerivedNoiseModel
 
 
@@ -384,28 +384,6 @@ def test_xla_gives_the_graph_mode_loss_trajectory(images):
     np.testing.assert_allclose(trajectories[True], trajectories[False], rtol=1e-4)
 
 
-CLASS_NAMES = ["T-shirt/top", "Trouser", "Ankle boot"]
-
-
-def conditional_model(label_dropout=0.1):
-    network = build_unet(
-        (8, 8, 1),
-        base_channels=8,
-        channel_multipliers=(1, 2),
-        num_res_blocks=1,
-        attention=False,
-        norm_groups=4,
-        num_classes=len(CLASS_NAMES),
-    )
-    return DiffusionModel(
-        network,
-        NoiseSchedule("linear", timesteps=100),
-        ema_decay=0.9,
-        class_names=CLASS_NAMES,
-        label_dropout=label_dropout,
-    )
-
-
 def test_conditional_model_trains_on_labelled_batches_and_keeps_its_class_names(tmp_path):
     model = compiled(conditional_model())
     images = np.random.default_rng(0).uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32)
@@ -493,3 +471,45 @@ def test_labels_and_class_names_must_fit_the_network(tiny_network, tiny_model):
             class_names=CLASS_NAMES,
             label_dropout=1.5,
         )
+
+
+def bright_region_images(labels, rng):
+    """8x8 images whose bright region is the class: 0 top, 1 bottom, 2 left half."""
+    images = np.full((len(labels), 8, 8, 1), -0.8, np.float32)
+    for image, label in zip(images, labels, strict=True):
+        region = [
+            (slice(0, 4), slice(None)),
+            (slice(4, 8), slice(None)),
+            (slice(None), slice(0, 4)),
+        ]
+        image[region[label]] = 0.8
+    return images + rng.normal(0, 0.05, images.shape).astype(np.float32)
+
+
+def bright_region_classes(images):
+    """The class a bright-region image shows: the brightest of the three regions."""
+    top = images[:, :4].mean(axis=(1, 2, 3))
+    bottom = images[:, 4:].mean(axis=(1, 2, 3))
+    left = images[:, :, :4].mean(axis=(1, 2, 3))
+    return np.argmax(np.stack([top, bottom, left], axis=1), axis=1)
+
+
+def test_short_conditional_training_draws_the_requested_classes():
+    # The classes share pixels (top and left overlap), so only the label tells
+    # the network which image to draw; its samples must follow the label.
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 512)
+    model = compiled(conditional_model(label_dropout=0.2), learning_rate=3e-3)
+    model.ema_decay = 0.8
+    model.fit(bright_region_images(labels, rng), labels, batch_size=32, epochs=30, verbose=0)
+    requested = np.repeat(np.arange(3), 10)
+    for guidance_scale in (1.0, 3.0):
+        images = model.generate(
+            30, steps=10, seed=1, labels=requested, guidance_scale=guidance_scale
+        )
+        agreement = np.mean(bright_region_classes(images) == requested)
+        assert agreement >= 0.9, (guidance_scale, agreement)
+    # Without labels the model draws all three classes.
+    unconditional = bright_region_classes(model.generate(30, steps=10, seed=1))
+    assert len(set(unconditional.tolist())) == 3
