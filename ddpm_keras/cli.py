@@ -39,8 +39,8 @@ def train_parser():
     parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        help="smoke (seconds), cpu (~30 min on 2 cores) or default (GPU); "
-        "default: chosen from the machine",
+        help="smoke (seconds), cpu (~30 min on 2 cores), default (GPU), mnist (the cpu "
+        "recipe on MNIST) or cifar10 (GPU); default: smoke/cpu/default chosen from the machine",
     )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)

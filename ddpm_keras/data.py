@@ -23,6 +23,7 @@ MANUAL_FILES = {
     ),
 }
 MANUAL_FILES["mnist"] = MANUAL_FILES["fashion_mnist"]
+MANUAL_FILES["cifar10"] = ("cifar-10-binary.tar.gz",)
 
 
 class DataUnavailableError(RuntimeError):
