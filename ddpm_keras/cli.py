@@ -338,6 +338,13 @@ def evaluate_parser():
     parser.add_argument("--max-reference-examples", type=int, help="first N of the reference split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--weights",
+        choices=("ema", "raw"),
+        default="ema",
+        help="sample with the EMA weights (default) or the raw trained weights, "
+        "to see what the EMA buys",
+    )
+    parser.add_argument(
         "--output-dir",
         default=os.path.join("artifacts", "evaluation"),
         help="where evaluation.json and evaluation.md go (default: %(default)s)",
@@ -360,6 +367,9 @@ def evaluate_main(argv=None):
         raise ValueError(f"`--num-samples` must be >= 2. Received: {args.num_samples}")
     ensure_writable_dir(args.output_dir)
     model = load_diffusion_model(args.model)
+    if args.weights == "raw":
+        # Sampling always uses ema_network; give it the raw weights.
+        model.ema_network.set_weights(model.network.get_weights())
     for setting in settings:  # fail before any sampling, not after an hour of it
         get_sampler(setting.sampler, model.schedule, setting.steps, setting.eta)
     extractor = get_feature_extractor(args.extractor, model.image_shape, args.inception_weights)
@@ -394,6 +404,7 @@ def evaluate_main(argv=None):
         "floor_split": args.floor_split,
         "num_samples": args.num_samples,
         "seed": args.seed,
+        "weights": args.weights,
         "rows": rows,
     }
     write_json(os.path.join(args.output_dir, "evaluation.json"), report)

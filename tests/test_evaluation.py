@@ -125,3 +125,31 @@ def test_ddpm_evaluate_rejects_bad_values_before_sampling(smoke_model_path, extr
 def test_ddpm_evaluate_missing_model(tmp_path, capsys):
     assert evaluate_main(["--model", str(tmp_path / "none.keras")]) == 2
     assert "none.keras" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("weights", ["ema", "raw"])
+def test_ddpm_evaluate_samples_with_the_chosen_weights(tiny_model, weights, tmp_path, monkeypatch):
+    from ddpm_keras import data, evaluation
+    from ddpm_keras.files import save_model
+
+    for weight in tiny_model.network.weights:  # raw weights unlike the EMA copy
+        weight.assign(weight + 0.5)
+    path = tmp_path / "m.keras"
+    save_model(tiny_model, path)
+    used = {}
+
+    def fake_evaluate_model(model, *args, **kwargs):
+        used["ema"] = model.ema_network.get_weights()
+        return [{"source": "model", "sampler": "ddim", "steps": 2, "eta": 0.0, "fid": 1.0,
+                 "kid": 0.0, "kid_std": 0.0, "num_samples": 2, "seconds": 0.0}]  # fmt: skip
+
+    fake_images = (np.zeros((4, 8, 8, 1), np.float32), None, None)
+    monkeypatch.setattr(data, "load_split_arrays", lambda *args, **kwargs: fake_images)
+    monkeypatch.setattr(evaluation, "evaluate_model", fake_evaluate_model)
+    monkeypatch.setattr("ddpm_keras.features.get_feature_extractor", lambda *args, **kwargs: None)
+    argv = ["--model", str(path), "--settings", "ddim:2", "--weights", weights]
+    assert evaluate_main([*argv, "--floor-split", "none", "--output-dir", str(tmp_path)]) == 0
+    expected = tiny_model.network if weights == "raw" else tiny_model.ema_network
+    for actual, wanted in zip(used["ema"], expected.get_weights(), strict=True):
+        np.testing.assert_array_equal(actual, wanted)
+    assert json.loads((tmp_path / "evaluation.json").read_text())["weights"] == weights
