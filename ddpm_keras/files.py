@@ -123,7 +123,8 @@ def save_image_grid(images, path, title=None, columns=None, row_labels=None):
             f"`row_labels` must have one entry per row ({rows}). Received: row_labels={row_labels!r}"
         )
     label_width = 1.2 if row_labels is not None else 0.0
-    figure = Figure(figsize=(columns * 1.0 + label_width, rows * 1.0 + (0.4 if title else 0.0)))
+    title_height = 0.4 if title else 0.0
+    figure = Figure(figsize=(columns * 1.0 + label_width, rows * 1.0 + title_height))
     axes = figure.subplots(rows, columns, squeeze=False)
     for axis, label in zip(axes[:, 0], row_labels or (), strict=False):
         axis.text(-0.08, 0.5, label, transform=axis.transAxes, ha="right", va="center", fontsize=8)
@@ -137,7 +138,8 @@ def save_image_grid(images, path, title=None, columns=None, row_labels=None):
                 axis.imshow(np.clip(image, 0.0, 1.0))
     if title:
         figure.suptitle(title, fontsize=9)
-    figure.tight_layout(pad=0.2)
+    # Keep the title's strip free: tight_layout alone lets the images cover it.
+    figure.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - title_height / figure.get_figheight()))
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=100)
 
