@@ -232,7 +232,9 @@ def sample_main(argv=None):
     elif args.class_label is not None:
         label = args.class_label
         labels = model.label_ids(int(label) if label.isdigit() else label, num_images)
-    recorder = ReverseProcessRecorder(num_images, args.batch_size, steps, args.gif_frames)
+    recorder = ReverseProcessRecorder(
+        num_images, args.batch_size, steps, args.gif_frames, columns=columns
+    )
     use_callback = args.gif is not None or not args.no_progress
     images = model.generate(
         num_images,
@@ -270,12 +272,14 @@ class ReverseProcessRecorder:
         steps: The sampler's steps.
         num_frames: Frames to keep for a GIF: x_t after evenly spaced steps,
             from the first step to the last (the final samples).
+        columns: Images per row of each frame (`None`: a square grid).
     """
 
-    def __init__(self, num_images, batch_size, steps, num_frames):
+    def __init__(self, num_images, batch_size, steps, num_frames, columns=None):
         import keras
 
         self.num_batches = -(-num_images // batch_size)
+        self.columns = columns
         self.steps = steps
         # Step indices whose x_t becomes a frame; the last step always does.
         self.frame_steps = set(
@@ -296,7 +300,7 @@ class ReverseProcessRecorder:
     def frames(self):
         """Tiled uint8 grids of every kept step, in order of the reverse process."""
         return [
-            tile_images((np.concatenate(self._batches[step]) + 1.0) / 2.0, padding=2)
+            tile_images((np.concatenate(self._batches[step]) + 1.0) / 2.0, self.columns, padding=2)
             for step in sorted(self._batches)
         ]
 
