@@ -53,8 +53,8 @@ def tfds_data_dir(tmp_path_factory):
     return os.environ.get("DDPM_TFDS_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
 
 
-def build_tiny_network(dtype=None):
-    """An 8x8x1 UNet small enough to train in seconds."""
+def build_tiny_network(dtype=None, num_classes=None, attention=True):
+    """An 8x8x1 UNet small enough to train in seconds (class-conditional with num_classes)."""
     from ddpm_keras.unet import build_unet
 
     return build_unet(
@@ -62,8 +62,9 @@ def build_tiny_network(dtype=None):
         base_channels=8,
         channel_multipliers=(1, 2),
         num_res_blocks=1,
-        attention=True,
+        attention=attention,
         norm_groups=4,
+        num_classes=num_classes,
         dtype=dtype,
     )
 
@@ -75,17 +76,8 @@ def build_tiny_conditional_model(label_dropout=0.1):
     """A class-conditional 8x8x1 model with three classes."""
     from ddpm_keras.model import DiffusionModel
     from ddpm_keras.schedule import NoiseSchedule
-    from ddpm_keras.unet import build_unet
 
-    network = build_unet(
-        (8, 8, 1),
-        base_channels=8,
-        channel_multipliers=(1, 2),
-        num_res_blocks=1,
-        attention=False,
-        norm_groups=4,
-        num_classes=len(CLASS_NAMES),
-    )
+    network = build_tiny_network(num_classes=len(CLASS_NAMES), attention=False)
     # Cosine: with T = 100 the default linear betas leave alpha_bar_T = 0.37,
     # so x_T would still show the image and the label would teach nothing.
     return DiffusionModel(
