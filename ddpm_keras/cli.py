@@ -258,8 +258,9 @@ def sample_main(argv=None):
     save_image_grid(images, args.output, title=title, columns=columns, row_labels=row_labels)
     print(f"Wrote {len(images)} samples to {args.output}")
     if args.gif:
-        save_gif(recorder.frames(), args.gif)
-        print(f"Wrote the reverse process ({len(recorder.frames())} frames) to {args.gif}")
+        frames = recorder.frames()
+        save_gif(frames, args.gif)
+        print(f"Wrote the reverse process ({len(frames)} frames) to {args.gif}")
     return 0
 
 
@@ -280,7 +281,6 @@ class ReverseProcessRecorder:
 
         self.num_batches = -(-num_images // batch_size)
         self.columns = columns
-        self.steps = steps
         # Step indices whose x_t becomes a frame; the last step always does.
         self.frame_steps = set(
             np.linspace(0, steps - 1, min(num_frames, steps)).round().astype(int)
