@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import sys
 
@@ -323,6 +324,14 @@ def evaluate_parser():
         help="SAMPLER:STEPS[:ETA] per row (default: %(default)s)",
     )
     parser.add_argument("--num-samples", type=int, default=1000, help="samples per row")
+    parser.add_argument(
+        "--guidance-scales",
+        type=float,
+        nargs="+",
+        help="class-conditional models: a row per setting and scale, from class-balanced "
+        "samples (default: 1; 0 is the unconditional model). Fashion-MNIST models also get "
+        "the committed classifier's agreement with the class asked for",
+    )
     parser.add_argument("--extractor", choices=EXTRACTORS, default="fmnist")
     parser.add_argument(
         "--inception-weights",
@@ -361,7 +370,7 @@ def evaluate_main(argv=None):
     """Entry point of `ddpm-evaluate` (and `scripts/evaluate.py`)."""
     from ddpm_keras.data import load_split_arrays
     from ddpm_keras.evaluation import SamplerSetting, evaluate_model, markdown_table
-    from ddpm_keras.features import get_feature_extractor
+    from ddpm_keras.features import fmnist_card, fmnist_classifier, get_feature_extractor
     from ddpm_keras.files import ensure_writable_dir, write_json, write_text
     from ddpm_keras.model import load_diffusion_model
 
@@ -369,6 +378,9 @@ def evaluate_main(argv=None):
     settings = [SamplerSetting.parse(text) for text in args.settings]
     if args.num_samples < 2:
         raise ValueError(f"`--num-samples` must be >= 2. Received: {args.num_samples}")
+    for scale in args.guidance_scales or ():
+        if not 0.0 <= scale < math.inf:
+            raise ValueError(f"`--guidance-scales` must be >= 0. Received: {scale}")
     ensure_writable_dir(args.output_dir)
     model = load_diffusion_model(args.model)
     if args.weights == "raw":
@@ -376,6 +388,15 @@ def evaluate_main(argv=None):
         model.ema_network.set_weights(model.network.get_weights())
     for setting in settings:  # fail before any sampling, not after an hour of it
         get_sampler(setting.sampler, model.schedule, setting.steps, setting.eta)
+    classifier = classifier_name = None
+    if model.num_classes is None:
+        if args.guidance_scales is not None:
+            raise ValueError(
+                "`--guidance-scales` needs a class-conditional model. "
+                f"Received: {args.model} (unconditional)"
+            )
+    elif list(model.class_names) == fmnist_card()["label_names"]:
+        classifier, classifier_name = fmnist_classifier(), "fmnist classifier"
     extractor = get_feature_extractor(args.extractor, model.image_shape, args.inception_weights)
 
     def split_images(split, max_examples):
@@ -396,9 +417,19 @@ def evaluate_main(argv=None):
         f"{len(reference)} {args.dataset} {args.reference_split} images ({args.extractor} features)"
     )
     rows = evaluate_model(
-        model, extractor, reference, settings, args.num_samples, floor_images=floor, seed=args.seed
+        model,
+        extractor,
+        reference,
+        settings,
+        args.num_samples,
+        floor_images=floor,
+        seed=args.seed,
+        guidance_scales=args.guidance_scales,
+        classifier=classifier,
     )
-    table = markdown_table(rows, args.extractor, f"{args.dataset} {args.reference_split}")
+    table = markdown_table(
+        rows, args.extractor, f"{args.dataset} {args.reference_split}", classifier_name
+    )
     report = {
         "model": args.model,
         "extractor": args.extractor,
@@ -409,6 +440,7 @@ def evaluate_main(argv=None):
         "num_samples": args.num_samples,
         "seed": args.seed,
         "weights": args.weights,
+        "classifier": classifier_name,
         "rows": rows,
     }
     write_json(os.path.join(args.output_dir, "evaluation.json"), report)

@@ -78,6 +78,8 @@ def evaluate_model(
     seed=0,
     kid_subsets=10,
     log=print,
+    guidance_scales=None,
+    classifier=None,
 ):
     """FID and KID of `num_samples` samples per sampler setting.
 
@@ -93,13 +95,32 @@ def evaluate_model(
         seed: Sampling seed, the same for every setting.
         kid_subsets: KID subsets.
         log: Called with one line per finished setting.
+        guidance_scales: Class-conditional models only: one row per setting
+            and scale, each from class-balanced samples (image i asks for
+            class i mod num_classes). `None`: `(1.0,)` for a conditional
+            model.
+        classifier: Optional, for conditional models: a Keras model mapping
+            images in [-1, 1] to logits over the model's classes (e.g.
+            `features.fmnist_classifier()`); each row then also gets the
+            share of samples it labels as the class asked for.
 
     Returns:
-        One dict per row: `source`, `sampler`, `steps`, `eta`, `num_samples`,
-        `fid`, `kid`, `kid_std`, `seconds`.
+        One dict per row: `source`, `sampler`, `steps`, `eta`,
+        `guidance_scale` (`None` if unconditional), `num_samples`, `fid`,
+        `kid`, `kid_std`, `agreement` (`None` unless measured), `seconds`.
     """
     if num_samples < 2:
         raise ValueError(f"`num_samples` must be >= 2. Received: num_samples={num_samples}")
+    if model.num_classes is None:
+        if guidance_scales is not None or classifier is not None:
+            raise ValueError(
+                "Guidance scales and class agreement need a class-conditional model. "
+                f"Received: guidance_scales={guidance_scales!r} for an unconditional model"
+            )
+        guidance_scales = (None,)
+    elif guidance_scales is None:
+        guidance_scales = (1.0,)
+    labels = None if model.num_classes is None else np.arange(num_samples) % model.num_classes
     reference_features = extractor(reference_images)
     reference_statistics = FeatureStatistics.from_features(reference_features)
     rows = []
@@ -118,55 +139,97 @@ def evaluate_model(
             seed,
         )
         rows.append(
-            {"source": "real", "sampler": None, "steps": None, "eta": None}
-            | {"num_samples": num_samples, **scores, "seconds": time.perf_counter() - start}
+            {"source": "real", "sampler": None, "steps": None, "eta": None, "guidance_scale": None}
+            | {"num_samples": num_samples, **scores, "agreement": None}
+            | {"seconds": time.perf_counter() - start}
         )
         log(_row_line(rows[-1]))
     for setting in settings:
-        start = time.perf_counter()
-        images = model.generate(
-            num_samples, steps=setting.steps, sampler=setting.sampler, eta=setting.eta, seed=seed
-        )
-        scores = score_features(
-            extractor(images), reference_features, reference_statistics, kid_subsets, seed
-        )
-        rows.append(
-            {"source": "model", **dataclasses.asdict(setting), "num_samples": num_samples}
-            | {**scores, "seconds": time.perf_counter() - start}
-        )
-        log(_row_line(rows[-1]))
+        for guidance_scale in guidance_scales:
+            start = time.perf_counter()
+            images = model.generate(
+                num_samples,
+                steps=setting.steps,
+                sampler=setting.sampler,
+                eta=setting.eta,
+                seed=seed,
+                labels=labels,
+                guidance_scale=1.0 if guidance_scale is None else guidance_scale,
+            )
+            scores = score_features(
+                extractor(images), reference_features, reference_statistics, kid_subsets, seed
+            )
+            agreement = None
+            if classifier is not None:
+                agreement = float(
+                    np.mean(classify(classifier, images, model.num_classes) == labels)
+                )
+            rows.append(
+                {"source": "model", **dataclasses.asdict(setting), "guidance_scale": guidance_scale}
+                | {"num_samples": num_samples, **scores, "agreement": agreement}
+                | {"seconds": time.perf_counter() - start}
+            )
+            log(_row_line(rows[-1]))
     return rows
+
+
+def classify(classifier, images, num_classes):
+    """The class ids a classifier gives images in [0, 1] (it takes [-1, 1])."""
+    logits = classifier.predict(images * 2.0 - 1.0, batch_size=256, verbose=0)
+    if logits.shape[-1] != num_classes:
+        raise ValueError(
+            f"The classifier has {logits.shape[-1]} classes, the model {num_classes}. "
+            f"Received: classifier={getattr(classifier, 'name', classifier)!r}"
+        )
+    return np.argmax(logits, axis=-1)
 
 
 def _row_label(row):
     if row["source"] == "real":
         return "real images (floor)"
-    return SamplerSetting(row["sampler"], row["steps"], row["eta"]).label
+    label = SamplerSetting(row["sampler"], row["steps"], row["eta"]).label
+    if row.get("guidance_scale") is not None:
+        label += f", guidance {row['guidance_scale']:g}"
+    return label
 
 
 def _row_line(row):
+    agreement = "" if row.get("agreement") is None else f", agreement {row['agreement']:.3f}"
     return (
         f"{_row_label(row)}: FID {row['fid']:.2f}, KID {row['kid']:.4f} "
-        f"± {row['kid_std']:.4f} ({row['num_samples']} samples, {row['seconds']:.1f} s)"
+        f"± {row['kid_std']:.4f}{agreement} ({row['num_samples']} samples, {row['seconds']:.1f} s)"
     )
 
 
-def markdown_table(rows, extractor_name, reference_split):
-    """The rows as a Markdown table, with what every number was measured on."""
+def markdown_table(rows, extractor_name, reference_split, classifier_name=None):
+    """The rows as a Markdown table, with what every number was measured on.
+
+    With `classifier_name`, a column gives each row's class agreement.
+    """
+    agreement_header = "" if classifier_name is None else f" agreement ({classifier_name}) |"
     lines = [
-        f"| samples | FID ({extractor_name}) | KID ({extractor_name}) | seconds | N |",
-        "|---|---|---|---|---|",
+        f"| samples | FID ({extractor_name}) | KID ({extractor_name}) |{agreement_header}"
+        " seconds | N |",
+        "|---|---|---|---|---|" + ("" if classifier_name is None else "---|"),
     ]
     for row in rows:
+        agreement = ""
+        if classifier_name is not None:
+            agreement = " - |" if row.get("agreement") is None else f" {row['agreement']:.3f} |"
         lines.append(
             f"| {_row_label(row)} | {row['fid']:.2f} | {row['kid']:.4f} ± {row['kid_std']:.4f} "
-            f"| {row['seconds']:.1f} | {row['num_samples']} |"
+            f"|{agreement} {row['seconds']:.1f} | {row['num_samples']} |"
         )
     lines.append("")
-    lines.append(
+    notes = (
         f"Against the {reference_split} split; N samples per row, the same seed for each; "
         "seconds include sampling and feature extraction."
     )
+    if any(row.get("guidance_scale") is not None for row in rows):
+        notes += " Guided rows ask for every class in turn; guidance 0 is the unconditional model."
+    if classifier_name is not None:
+        notes += " Agreement: the share of samples the classifier labels as the class asked for."
+    lines.append(notes)
     return "\n".join(lines)
 
 
@@ -200,13 +263,7 @@ def class_agreement(
         labels=labels,
         guidance_scale=guidance_scale,
     )
-    logits = classifier.predict(images * 2.0 - 1.0, batch_size=256, verbose=0)
-    if logits.shape[-1] != model.num_classes:
-        raise ValueError(
-            f"The classifier has {logits.shape[-1]} classes, the model {model.num_classes}. "
-            f"Received: classifier={getattr(classifier, 'name', classifier)!r}"
-        )
-    correct = np.argmax(logits, axis=-1) == labels
+    correct = classify(classifier, images, model.num_classes) == labels
     return {
         "agreement": float(np.mean(correct)),
         "per_class": {

@@ -89,6 +89,15 @@ def build_tiny_conditional_model(label_dropout=0.1):
     )
 
 
+def randomize_weights(network, seed=2):
+    """Random weights everywhere (a new network's output layer starts at zero)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for weight in network.weights:
+        weight.assign(rng.normal(0, 0.3, weight.shape).astype(weight.dtype))
+
+
 @pytest.fixture
 def tiny_network():
     return build_tiny_network()

@@ -7,9 +7,17 @@ import numpy as np
 import pytest
 
 from ddpm_keras.cli import evaluate_main
-from ddpm_keras.evaluation import SamplerSetting, evaluate_model, markdown_table
+from ddpm_keras.evaluation import (
+    SamplerSetting,
+    class_agreement,
+    classify,
+    evaluate_model,
+    markdown_table,
+)
 from ddpm_keras.features import FeatureExtractor
 from ddpm_keras.metrics import frechet_distance
+
+from .conftest import CLASS_NAMES, build_tiny_conditional_model, randomize_weights
 
 
 @pytest.mark.parametrize(
@@ -69,6 +77,75 @@ def test_evaluate_model_scores_each_setting_and_the_real_floor(tiny_model):
         evaluate_model(tiny_model, extractor, reference, settings, 40, floor)
 
 
+def constant_classifier(class_id, num_classes=3):
+    """A classifier of 8x8 images that always answers `class_id`."""
+    logits = np.eye(num_classes, dtype=np.float32)[class_id] * 10.0
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(
+                num_classes,
+                kernel_initializer="zeros",
+                bias_initializer=keras.initializers.Constant(logits),
+            ),
+        ]
+    )
+
+
+def toy_extractor():
+    keras.utils.set_random_seed(1)
+    projection = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(5, activation="tanh")]
+    )
+    return FeatureExtractor(projection, "toy")
+
+
+def test_evaluate_model_scores_each_guidance_scale_of_a_conditional_model():
+    model = build_tiny_conditional_model()
+    randomize_weights(model.ema_network)
+    reference = np.random.default_rng(0).uniform(0, 1, (50, 8, 8, 1)).astype(np.float32)
+    settings = [SamplerSetting("ddim", 3)]
+    rows = evaluate_model(
+        model,
+        toy_extractor(),
+        reference,
+        settings,
+        10,
+        seed=2,
+        kid_subsets=2,
+        log=lambda line: None,
+        guidance_scales=(0.0, 2.0),
+        classifier=constant_classifier(1),
+    )
+    assert [r["guidance_scale"] for r in rows] == [0.0, 2.0]
+    # Image i asks for class i mod 3: 0,1,2,0,1,2,0,1,2,0; three ask for class 1.
+    assert [r["agreement"] for r in rows] == [pytest.approx(0.3)] * 2
+    labels = np.arange(10) % 3
+    guided = model.generate(10, steps=3, seed=2, labels=labels, guidance_scale=2.0)
+    assert rows[1]["fid"] == pytest.approx(
+        frechet_distance(toy_extractor()(guided), toy_extractor()(reference)), rel=1e-4
+    )
+    assert rows[0]["fid"] != pytest.approx(rows[1]["fid"])
+    table = markdown_table(rows, "toy", "noise test", "constant classifier")
+    assert "| ddim 3, guidance 2 |" in table and "agreement (constant classifier)" in table
+    assert "| 0.300 |" in table and "guidance 0 is the unconditional model" in table
+
+
+def test_evaluate_model_rejects_guidance_for_an_unconditional_model(tiny_model):
+    with pytest.raises(ValueError, match="need a class-conditional model"):
+        evaluate_model(tiny_model, None, np.zeros((4, 8, 8, 1)), [], 4, guidance_scales=(1.0,))
+
+
+def test_class_agreement_counts_the_classifiers_answers_per_class():
+    model = build_tiny_conditional_model()
+    result = class_agreement(model, constant_classifier(2), per_class=4, steps=2)
+    assert result["agreement"] == pytest.approx(1 / 3)
+    assert result["per_class"] == {CLASS_NAMES[0]: 0.0, CLASS_NAMES[1]: 0.0, CLASS_NAMES[2]: 1.0}
+    with pytest.raises(ValueError, match="The classifier has 5 classes, the model 3"):
+        classify(constant_classifier(0, num_classes=5), np.zeros((2, 8, 8, 1)), 3)
+
+
 @pytest.fixture(scope="module")
 def smoke_model_path(tmp_path_factory):
     """An untrained 28x28 model of the smoke preset: enough for the command's plumbing."""
@@ -114,6 +191,8 @@ def test_ddpm_evaluate_writes_json_and_table(smoke_model_path, manual_dir, tfds_
         (["--settings", "ddim:0"], "steps"),
         (["--settings", "fast:10"], "SAMPLER:STEPS"),
         (["--num-samples", "1"], "--num-samples"),
+        (["--guidance-scales", "-1"], "--guidance-scales` must be >= 0"),
+        (["--guidance-scales", "2"], "needs a class-conditional model"),
     ],
 )
 def test_ddpm_evaluate_rejects_bad_values_before_sampling(smoke_model_path, extra, message, capsys):
@@ -153,3 +232,32 @@ def test_ddpm_evaluate_samples_with_the_chosen_weights(tiny_model, weights, tmp_
     for actual, wanted in zip(used["ema"], expected.get_weights(), strict=True):
         np.testing.assert_array_equal(actual, wanted)
     assert json.loads((tmp_path / "evaluation.json").read_text())["weights"] == weights
+
+
+def test_ddpm_evaluate_scores_guidance_scales_with_the_committed_classifier(tmp_path, monkeypatch):
+    from ddpm_keras import data
+    from ddpm_keras.config import get_config
+    from ddpm_keras.features import fmnist_card
+    from ddpm_keras.files import save_model
+    from ddpm_keras.model import build_model
+
+    keras.utils.set_random_seed(0)
+    config = get_config("smoke", class_conditional=True)
+    model = build_model(config, (28, 28, 1), fmnist_card()["label_names"])
+    path = tmp_path / "conditional.keras"
+    save_model(model, path)
+    reference = np.random.default_rng(0).uniform(-1, 1, (30, 28, 28, 1)).astype(np.float32)
+    monkeypatch.setattr(data, "load_split_arrays", lambda *args, **kwargs: (reference, None, None))
+    output_dir = tmp_path / "evaluation"
+    argv = ["--model", str(path), "--settings", "ddim:2", "--guidance-scales", "0", "1.5"]
+    argv += ["--num-samples", "20", "--floor-split", "none", "--output-dir", str(output_dir)]
+    assert evaluate_main(argv) == 0
+    report = json.loads((output_dir / "evaluation.json").read_text())
+    assert report["classifier"] == "fmnist classifier"
+    assert [row["guidance_scale"] for row in report["rows"]] == [0.0, 1.5]
+    # 20 samples, two per class: agreement is a multiple of 1/20.
+    for row in report["rows"]:
+        assert 0.0 <= row["agreement"] <= 1.0
+        assert row["agreement"] * 20 == pytest.approx(round(row["agreement"] * 20))
+    table = (output_dir / "evaluation.md").read_text()
+    assert "| ddim 2, guidance 1.5 |" in table and "agreement (fmnist classifier)" in table

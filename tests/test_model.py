@@ -12,7 +12,7 @@ from ddpm_keras.files import save_model
 from ddpm_keras.model import DiffusionModel, load_diffusion_model
 from ddpm_keras.schedule import NoiseSchedule
 
-from .conftest import CLASS_NAMES, REPO_ROOT, build_tiny_network
+from .conftest import CLASS_NAMES, REPO_ROOT, build_tiny_network, randomize_weights
 from .conftest import build_tiny_conditional_model as conditional_model
 from .fakes import ImageDerivedNoiseModel
 
@@ -406,13 +406,6 @@ def test_label_dropout_replaces_labels_by_the_no_label_id():
     kept = dropped != 3
     assert np.all(dropped[kept] == labels.numpy()[kept])
     assert 0.08 < np.mean(~kept) < 0.12  # 4000 draws: 0.1 +- 3 standard deviations
-
-
-def randomize_weights(network, seed=2):
-    """Random weights everywhere (a new network's output layer starts at zero)."""
-    rng = np.random.default_rng(seed)
-    for weight in network.weights:
-        weight.assign(rng.normal(0, 0.3, weight.shape).astype(weight.dtype))
 
 
 def test_guidance_mixes_conditional_and_unconditional_outputs():
