@@ -17,66 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 from ddpm_keras.samplers import get_sampler
+from ddpm_keras.sampling_loop import reverse_step, sample_loop
 from ddpm_keras.schedule import NoiseSchedule, check_prediction
 
 # Initial noise and per-step noise use distinct stateless seed streams.
 _INITIAL_NOISE_STREAM = -1
-
-
-def reverse_step(denoise, sampler, index, samples, state, seed):
-    """One step of `sampler` from `sampler.timesteps[index]`: the network, then the rule.
-
-    Args:
-        denoise: `denoise(samples, timesteps) -> network output` (the noise,
-            x_0 or v, as `sampler.prediction` says).
-        sampler: A `Sampler`.
-        index: int32 scalar, the step number (0 is the noisiest).
-        samples: x_t, float32 `[B, H, W, C]`.
-        state: The sampler's carried tensors (`sampler.initial_state`).
-        seed: int64 scalar; step i draws its noise from the stateless seed
-            `(seed, i)`, so the result depends on nothing else.
-
-    Returns:
-        `(previous_samples, state)`.
-    """
-    timestep = tf.gather(sampler.timesteps, index)
-    outputs = tf.cast(denoise(samples, tf.fill([tf.shape(samples)[0]], timestep)), "float32")
-    if sampler.uses_noise:
-        step_seed = tf.stack([seed, tf.cast(index, tf.int64)])
-        noises = tf.random.stateless_normal(tf.shape(samples), seed=step_seed)
-    else:
-        noises = tf.zeros_like(samples)
-    previous, state = sampler.step(outputs, index, samples, noises, state)
-    # Keep the static shapes: the step's broadcasting loses the batch size.
-    keep_shape = functools.partial(tf.ensure_shape, shape=samples.shape)
-    return keep_shape(previous), tuple(map(keep_shape, state))
-
-
-def sample_loop(denoise, sampler, initial_noises, seed):
-    """Runs `sampler` from `initial_noises` down to x_0.
-
-    The loop is an explicit `tf.while_loop`, so inside `tf.function` it is one
-    graph rather than a Python loop of eager calls, without relying on
-    AutoGraph (which re-reads source files and fails if they changed on disk
-    while a long run was going).
-
-    Args:
-        denoise, sampler, seed: As for `reverse_step`.
-        initial_noises: x_T, float32 `[B, H, W, C]`.
-
-    Returns:
-        The final samples, float32, roughly in [-1, 1].
-    """
-
-    def step(index, samples, state):
-        return (index + 1, *reverse_step(denoise, sampler, index, samples, state, seed))
-
-    _, samples, _ = tf.while_loop(
-        lambda index, *_: index < sampler.num_steps,
-        step,
-        (tf.constant(0, tf.int32), initial_noises, sampler.initial_state(initial_noises)),
-    )
-    return samples
 
 
 class _SamplingFunction:

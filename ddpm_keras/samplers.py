@@ -7,7 +7,7 @@ A sampler owns its descending sequence of timesteps and a `step` rule
 where `model_output` is the network's output at `t = sampler.timesteps[index]`
 (the noise, x_0 or v, as the sampler's `prediction` says) and `state` is
 what a multistep solver carries between steps (`initial_state`; empty for
-one-step rules). The loop that drives a sampler (`model.sample_loop`) is
+one-step rules). The loop that drives a sampler (`sampling_loop.sample_loop`) is
 therefore the same few lines for all of them.
 """
 

@@ -17,8 +17,9 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import torch_twin  # noqa: E402
-from ddpm_keras.model import DiffusionModel, sample_loop  # noqa: E402
+from ddpm_keras.model import DiffusionModel  # noqa: E402
 from ddpm_keras.samplers import get_sampler  # noqa: E402
+from ddpm_keras.sampling_loop import sample_loop  # noqa: E402
 from ddpm_keras.schedule import NoiseSchedule  # noqa: E402
 from ddpm_keras.unet import build_unet  # noqa: E402
 
@@ -348,7 +349,7 @@ SAMPLING_T = 20
 
 
 def test_ddim_sampling_agrees(keras_network, twin):
-    """Deterministic DDIM (eta = 0) from the same x_T, through model.sample_loop."""
+    """Deterministic DDIM (eta = 0) from the same x_T, through sampling_loop.sample_loop."""
     rng = np.random.default_rng(2)
     initial = rng.normal(size=(BATCH_SIZE,) + IMAGE_SHAPE).astype("float32")
     sampler = get_sampler("ddim", NoiseSchedule("linear", SAMPLING_T), steps=10)

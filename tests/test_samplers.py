@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ddpm_keras.model import sample_loop
 from ddpm_keras.samplers import (
     DDIMSampler,
     DDPMSampler,
     DPMSolverPlusPlus2MSampler,
     get_sampler,
 )
+from ddpm_keras.sampling_loop import sample_loop
 from ddpm_keras.schedule import NoiseSchedule
 
 
