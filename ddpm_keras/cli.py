@@ -70,6 +70,12 @@ def train_parser():
     parser.add_argument(
         "--guidance-scale", type=float, help="guidance of the sample grids (conditional models)"
     )
+    parser.add_argument(
+        "--fid-every",
+        type=int,
+        help="FID of the samples every N epochs, in metrics.json (Fashion-MNIST; 0: never)",
+    )
+    parser.add_argument("--fid-num-samples", type=int, help="samples per FID (default 500)")
     parser.add_argument("--gradient-clip-norm", type=float, help="clip gradients to this L2 norm")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--schedule", choices=SCHEDULE_NAMES)

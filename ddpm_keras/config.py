@@ -75,6 +75,12 @@ class DiffusionConfig:
         sampler: Sampler for grids, `"ddim"` or `"ddpm"`.
         sample_steps: Sampling steps for grids (`ddpm` always uses T).
         eta: DDIM eta in [0, 1] (0: deterministic, 1: DDPM-like noise).
+        fid_every: Score the EMA model's samples every N epochs with the
+            committed Fashion-MNIST features: `val_fid` in the epoch logs,
+            `metrics.json` and TensorBoard (0: never). Fashion-MNIST only;
+            for other data, add a `FIDCallback` with your own extractor.
+        fid_num_samples: Samples per FID evaluation (with `sampler`,
+            `sample_steps` and `eta`); FID is comparable only at one count.
         output_dir: Where checkpoints, samples, the model and metrics go.
         tensorboard: Also log scalars and sample grids for TensorBoard, under
             `<output_dir>/tensorboard`.
@@ -128,6 +134,8 @@ class DiffusionConfig:
     sample_steps: int = 50
     eta: float = 0.0
     guidance_scale: float = 1.0
+    fid_every: int = 0
+    fid_num_samples: int = 500
     # Artifacts.
     output_dir: str = DEFAULT_OUTPUT_DIR
     tensorboard: bool = False
@@ -304,6 +312,16 @@ def validate_config(config: DiffusionConfig) -> None:
         # Only DDIM has an eta; without this check the run would fail only
         # at its first sample grid.
         _fail("eta", config.eta, f"must be 0 with sampler={config.sampler!r} (eta is DDIM's)")
+    _check_int(config, "fid_every", 0)
+    _check_int(config, "fid_num_samples", 2)
+    if config.fid_every and config.dataset != "fashion_mnist":
+        _fail(
+            "fid_every",
+            config.fid_every,
+            f"needs dataset='fashion_mnist', not {config.dataset!r}: its features come "
+            "from the committed Fashion-MNIST classifier. For other datasets add a "
+            "FIDCallback with your own extractor",
+        )
     _check_choice(config, "strategy", STRATEGIES)
     if config.devices is not None:
         if (

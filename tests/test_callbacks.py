@@ -159,6 +159,22 @@ def test_default_callbacks_with_tensorboard(tmp_path):
     assert callbacks[3].tensorboard_dir == config.tensorboard_dir
 
 
+def test_default_callbacks_score_fid_before_recording_the_logs(tmp_path):
+    config = get_config(
+        "smoke", output_dir=str(tmp_path), fid_every=2, fid_num_samples=40, sample_steps=8
+    )
+    callbacks = default_callbacks(config)
+    kinds = [type(c) for c in callbacks]
+    assert kinds[:4] == [NonFiniteLossGuard, FIDCallback, ModelCheckpoints, MetricsJSON]
+    fid = callbacks[1]
+    assert (fid.every, fid.num_samples, fid.steps, fid.sampler) == (2, 40, 8, "ddim")
+    assert fid.extractor.name == "fmnist"
+    with pytest.raises(
+        ValueError, match="needs dataset='fashion_mnist', not 'mnist'.*Received: fid_every=1"
+    ):
+        get_config("smoke", dataset="mnist", fid_every=1)
+
+
 class PoisonWeights(keras.callbacks.Callback):
     """Sets one weight to NaN before a chosen step, as a diverging run would."""
 

@@ -13,8 +13,9 @@ from ddpm_keras.distribute import is_chief, worker_backup_dir
 def default_callbacks(config, strategy=None):
     """The callbacks a `DiffusionConfig` run uses, in order.
 
-    The non-finite-loss guard, checkpoints, metrics and samples (and, with
-    `config.tensorboard`, `keras.callbacks.TensorBoard`), then
+    The non-finite-loss guard, FID (with `config.fid_every`), checkpoints,
+    metrics and samples (and, with `config.tensorboard`,
+    `keras.callbacks.TensorBoard`), then
     `BackupAndRestore` last: an epoch counts as done for a resumed run only
     once everything else has recorded it, so a kill between two callbacks
     makes the rerun repeat that epoch rather than skip its record.
@@ -32,8 +33,11 @@ def default_callbacks(config, strategy=None):
             backup_and_restore(worker_backup_dir(config.backup_dir, strategy)),
         ]
     tensorboard_dir = config.tensorboard_dir if config.tensorboard else None
-    callbacks = [
-        NonFiniteLossGuard(checkpoint_hint=checkpoints.last_path),
+    callbacks = [NonFiniteLossGuard(checkpoint_hint=checkpoints.last_path)]
+    if config.fid_every:
+        # Before the callbacks that record the logs, so they see val_fid.
+        callbacks.append(fashion_mnist_fid(config))
+    callbacks += [
         checkpoints,
         MetricsJSON(config.metrics_path),
         SampleGrid(
@@ -54,6 +58,23 @@ def default_callbacks(config, strategy=None):
         # earlier callback adds to the logs.
         callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir))
     return callbacks + [backup_and_restore(config.backup_dir)]
+
+
+def fashion_mnist_fid(config):
+    """The `FIDCallback` of `config.fid_every`: committed features and test statistics."""
+    from ddpm_keras.features import fmnist_extractor, fmnist_reference_path
+    from ddpm_keras.metrics import FeatureStatistics
+
+    return FIDCallback(
+        fmnist_extractor(),
+        FeatureStatistics.load(fmnist_reference_path("test")),
+        num_samples=config.fid_num_samples,
+        every=config.fid_every,
+        sampler=config.sampler,
+        steps=config.sample_steps if config.sampler != "ddpm" else None,
+        eta=config.eta,
+        seed=config.seed,
+    )
 
 
 __all__ = [
