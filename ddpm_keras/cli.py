@@ -17,6 +17,7 @@ import numpy as np
 
 from ddpm_keras.callbacks.guards import NonFiniteLossError
 from ddpm_keras.config import (
+    DEFAULT_GUIDANCE_SCALE,
     LEARNING_RATE_SCHEDULES,
     PRECISIONS,
     PREDICTIONS,
@@ -68,7 +69,9 @@ def train_parser():
         "--label-dropout", type=float, help="share of labels dropped in training (default 0.1)"
     )
     parser.add_argument(
-        "--guidance-scale", type=float, help="guidance of the sample grids (conditional models)"
+        "--guidance-scale",
+        type=float,
+        help=f"guidance of the sample grids (conditional models; default {DEFAULT_GUIDANCE_SCALE:g})",
     )
     parser.add_argument(
         "--fid-every",
@@ -151,9 +154,8 @@ def sample_parser():
     parser.add_argument(
         "--guidance-scale",
         type=float,
-        default=1.0,
-        help="classifier-free guidance: 0 unconditional, 1 conditional, >1 guided "
-        "(default: %(default)s)",
+        help="classifier-free guidance of --class / --per-class samples: 0 unconditional, "
+        f"1 conditional, >1 guided (default: {DEFAULT_GUIDANCE_SCALE:g})",
     )
     parser.add_argument(
         "--gif", help="also write an animated GIF of the reverse process to this .gif path"
@@ -239,6 +241,14 @@ def sample_main(argv=None):
     elif args.class_label is not None:
         label = args.class_label
         labels = model.label_ids(int(label) if label.isdigit() else label, num_images)
+    guidance_scale = args.guidance_scale
+    if guidance_scale is None:
+        guidance_scale = DEFAULT_GUIDANCE_SCALE
+    elif labels is None:
+        raise ValueError(
+            "`--guidance-scale` applies to labelled samples: give `--class` or `--per-class` "
+            f"(of a class-conditional model). Received: guidance_scale={guidance_scale}"
+        )
     recorder = ReverseProcessRecorder(
         num_images, args.batch_size, steps, args.gif_frames, columns=columns
     )
@@ -251,14 +261,14 @@ def sample_main(argv=None):
         seed=args.seed,
         batch_size=args.batch_size,
         labels=labels,
-        guidance_scale=args.guidance_scale,
+        guidance_scale=guidance_scale,
         callback=recorder.progress(show_bar=not args.no_progress, keep_frames=bool(args.gif))
         if use_callback
         else None,
     )
     title = f"{args.sampler}, {steps} steps, seed {args.seed}"
     if labels is not None:
-        title += f", guidance {args.guidance_scale:g}"
+        title += f", guidance {guidance_scale:g}"
         if args.class_label is not None:
             title = f"{model.class_names[labels[0]]}: {title}"
     row_labels = None if args.per_class is None else model.class_names
@@ -335,7 +345,7 @@ def evaluate_parser():
         type=float,
         nargs="+",
         help="class-conditional models: a row per setting and scale, from class-balanced "
-        "samples (default: 1; 0 is the unconditional model). Fashion-MNIST models also get "
+        f"samples (default: {DEFAULT_GUIDANCE_SCALE:g}; 0 is the unconditional model). Fashion-MNIST models also get "
         "the committed classifier's agreement with the class asked for",
     )
     parser.add_argument("--extractor", choices=EXTRACTORS, default="fmnist")

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from ddpm_keras.config import SAMPLERS
+from ddpm_keras.config import DEFAULT_GUIDANCE_SCALE, SAMPLERS
 from ddpm_keras.metrics import (
     FeatureStatistics,
     frechet_distance_from_statistics,
@@ -97,8 +97,8 @@ def evaluate_model(
         log: Called with one line per finished setting.
         guidance_scales: Class-conditional models only: one row per setting
             and scale, each from class-balanced samples (image i asks for
-            class i mod num_classes). `None`: `(1.0,)` for a conditional
-            model.
+            class i mod num_classes). `None`: `(DEFAULT_GUIDANCE_SCALE,)`
+            for a conditional model.
         classifier: Optional, for conditional models: a Keras model mapping
             images in [-1, 1] to logits over the model's classes (e.g.
             `features.fmnist_classifier()`); each row then also gets the
@@ -107,7 +107,8 @@ def evaluate_model(
     Returns:
         One dict per row: `source`, `sampler`, `steps`, `eta`,
         `guidance_scale` (`None` if unconditional), `num_samples`, `fid`,
-        `kid`, `kid_std`, `agreement` (`None` unless measured), `seconds`.
+        `kid`, `kid_std`, `agreement` (`None` unless measured), `seconds`;
+        with a classifier also `agreement_per_class` (class name -> share).
     """
     if num_samples < 2:
         raise ValueError(f"`num_samples` must be >= 2. Received: num_samples={num_samples}")
@@ -119,7 +120,7 @@ def evaluate_model(
             )
         guidance_scales = (None,)
     elif guidance_scales is None:
-        guidance_scales = (1.0,)
+        guidance_scales = (DEFAULT_GUIDANCE_SCALE,)
     labels = None if model.num_classes is None else np.arange(num_samples) % model.num_classes
     reference_features = extractor(reference_images)
     reference_statistics = FeatureStatistics.from_features(reference_features)
@@ -159,18 +160,28 @@ def evaluate_model(
             scores = score_features(
                 extractor(images), reference_features, reference_statistics, kid_subsets, seed
             )
-            agreement = None
+            agreement = {"agreement": None}
             if classifier is not None:
-                agreement = float(
-                    np.mean(classify(classifier, images, model.num_classes) == labels)
-                )
+                correct = classify(classifier, images, model.num_classes) == labels
+                agreement = {
+                    "agreement": float(np.mean(correct)),
+                    "agreement_per_class": _per_class_shares(correct, labels, model.class_names),
+                }
             rows.append(
                 {"source": "model", **dataclasses.asdict(setting), "guidance_scale": guidance_scale}
-                | {"num_samples": num_samples, **scores, "agreement": agreement}
+                | {"num_samples": num_samples, **scores, **agreement}
                 | {"seconds": time.perf_counter() - start}
             )
             log(_row_line(rows[-1]))
     return rows
+
+
+def _per_class_shares(correct, labels, class_names):
+    """Class name -> the share of its samples labelled correctly (`None`: no samples)."""
+    return {
+        name: float(np.mean(correct[labels == index])) if np.any(labels == index) else None
+        for index, name in enumerate(class_names)
+    }
 
 
 def classify(classifier, images, num_classes):
@@ -234,7 +245,13 @@ def markdown_table(rows, extractor_name, reference_split, classifier_name=None):
 
 
 def class_agreement(
-    model, classifier, per_class, sampler="ddim", steps=None, guidance_scale=1.0, seed=0
+    model,
+    classifier,
+    per_class,
+    sampler="ddim",
+    steps=None,
+    guidance_scale=DEFAULT_GUIDANCE_SCALE,
+    seed=0,
 ):
     """How often a classifier labels class-conditional samples as the class asked for.
 
@@ -266,10 +283,7 @@ def class_agreement(
     correct = classify(classifier, images, model.num_classes) == labels
     return {
         "agreement": float(np.mean(correct)),
-        "per_class": {
-            name: float(np.mean(correct[labels == index]))
-            for index, name in enumerate(model.class_names)
-        },
+        "per_class": _per_class_shares(correct, labels, model.class_names),
         "per_class_samples": per_class,
         "sampler": sampler,
         "steps": steps,

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ddpm_keras.config import DEFAULT_GUIDANCE_SCALE
 from ddpm_keras.samplers import get_sampler
 from ddpm_keras.sampling_loop import reverse_step, sample_loop
 from ddpm_keras.schedule import NoiseSchedule, check_prediction
@@ -409,7 +410,7 @@ class DiffusionModel(keras.Model):
         batch_size=64,
         callback=None,
         labels=None,
-        guidance_scale=1.0,
+        guidance_scale=DEFAULT_GUIDANCE_SCALE,
     ):
         """Samples images with the EMA weights.
 
@@ -432,7 +433,8 @@ class DiffusionModel(keras.Model):
                 samples the unconditional model.
             guidance_scale: Classifier-free guidance for labelled samples,
                 >= 0: 0 is unconditional, 1 conditional without guidance,
-                larger values follow the label more closely.
+                larger values follow the label more closely (default 3,
+                where FID was lowest for Fashion-MNIST; see README).
 
         Returns:
             NumPy float32 array `[num_images, H, W, C]` in [0, 1].

@@ -298,6 +298,7 @@ def test_sample_draws_one_class_or_a_row_per_class(tmp_path, capsys):
         (["--class", "7"], "labels=7"),
         (["--per-class", "0"], "per_class=0"),
         (["--per-class", "2", "--class", "trouser"], "not both"),
+        (["--guidance-scale", "2"], "applies to labelled samples"),
     ]:
         assert sample_main([*common, *argv, "--output", str(tmp_path / "x.png")]) == 2
         assert message in capsys.readouterr().err

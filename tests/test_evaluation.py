@@ -121,6 +121,7 @@ def test_evaluate_model_scores_each_guidance_scale_of_a_conditional_model():
     assert [r["guidance_scale"] for r in rows] == [0.0, 2.0]
     # Image i asks for class i mod 3: 0,1,2,0,1,2,0,1,2,0; three ask for class 1.
     assert [r["agreement"] for r in rows] == [pytest.approx(0.3)] * 2
+    assert rows[0]["agreement_per_class"] == {"T-shirt/top": 0.0, "Trouser": 1.0, "Ankle boot": 0.0}
     labels = np.arange(10) % 3
     guided = model.generate(10, steps=3, seed=2, labels=labels, guidance_scale=2.0)
     assert rows[1]["fid"] == pytest.approx(

@@ -7,6 +7,7 @@ import os
 import keras
 import numpy as np
 
+from ddpm_keras.config import DEFAULT_GUIDANCE_SCALE
 from ddpm_keras.files import save_image_grid, tile_images
 
 
@@ -28,7 +29,7 @@ class SampleGrid(keras.callbacks.Callback):
         eta: DDIM eta.
         seed: Sampling seed.
         guidance_scale: For a class-conditional model, whose grid has one row
-            per class: the classifier-free guidance scale.
+            per class: the classifier-free guidance scale (default 3).
         tensorboard_dir: TensorBoard log dir for the grids (`None`: none);
             they go to its `samples` subfolder, beside the `train` and
             `validation` scalars of `keras.callbacks.TensorBoard`.
@@ -44,7 +45,7 @@ class SampleGrid(keras.callbacks.Callback):
         steps=None,
         eta=0.0,
         seed=0,
-        guidance_scale=1.0,
+        guidance_scale=DEFAULT_GUIDANCE_SCALE,
         tensorboard_dir=None,
     ):
         super().__init__()
