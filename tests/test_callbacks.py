@@ -159,6 +159,26 @@ def test_default_callbacks_with_tensorboard(tmp_path):
     assert callbacks[3].tensorboard_dir == config.tensorboard_dir
 
 
+def test_checkpoints_keep_the_best_across_a_resume(tiny_model, tmp_path):
+    def fit_epochs(start, values):
+        checkpoints = ModelCheckpoints(tmp_path)
+        checkpoints.set_model(tiny_model)
+        checkpoints.on_train_begin()
+        for epoch, value in enumerate(values, start):
+            checkpoints.on_epoch_begin(epoch)
+            checkpoints.on_epoch_end(epoch, {"val_loss": value})
+        return json.loads((tmp_path / "best.json").read_text())
+
+    assert fit_epochs(0, [0.5, 0.3]) == {"epoch": 2, "monitor": "val_loss", "value": 0.3}
+    best_mtime = (tmp_path / "best.keras").stat().st_mtime_ns
+    # Resumed at epoch 3: a worse value does not replace the best model.
+    assert fit_epochs(2, [0.4])["epoch"] == 2
+    assert (tmp_path / "best.keras").stat().st_mtime_ns == best_mtime
+    assert fit_epochs(3, [0.2])["epoch"] == 4
+    # A run from epoch 1 in the same folder starts anew.
+    assert fit_epochs(0, [0.9]) == {"epoch": 1, "monitor": "val_loss", "value": 0.9}
+
+
 def test_default_callbacks_score_fid_before_recording_the_logs(tmp_path):
     config = get_config(
         "smoke", output_dir=str(tmp_path), fid_every=2, fid_num_samples=40, sample_steps=8

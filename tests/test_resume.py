@@ -58,6 +58,11 @@ def test_kill_9_mid_epoch_then_resume(manual_dir, tfds_data_dir, tmp_path):
 
     records = json.loads((output_dir / "metrics.json").read_text())
     assert [r["epoch"] for r in records] == [1, 2, 3]
+    # best.keras is the best epoch of the whole run, the killed part included.
+    best = min(records, key=lambda record: record["val_loss"])
+    best_record = json.loads((output_dir / "checkpoints" / "best.json").read_text())
+    assert best_record["epoch"] == best["epoch"]
+    assert best_record["value"] == pytest.approx(best["val_loss"])
     # Same number of optimizer steps as an uninterrupted run: 3 epochs x 16 batches.
     from ddpm_keras.model import load_diffusion_model
 

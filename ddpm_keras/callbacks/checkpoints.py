@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
 import keras
 
-from ddpm_keras.files import save_model
+from ddpm_keras.files import save_model, write_json
 
 
 class ModelCheckpoints(keras.callbacks.Callback):
@@ -17,6 +18,10 @@ class ModelCheckpoints(keras.callbacks.Callback):
     `keras.models.load_model` reads back. Unlike `keras.callbacks.ModelCheckpoint`
     each file is written under a temporary name and renamed, so a kill never
     leaves a truncated checkpoint.
+
+    `best.json` records the best epoch and value. A resumed run (one that
+    starts after epoch 1) reads it back, so a worse epoch after the restart
+    cannot replace `best.keras`; a run that starts from epoch 1 begins anew.
 
     Args:
         directory: Folder for `last.keras` and `best.keras`.
@@ -29,6 +34,7 @@ class ModelCheckpoints(keras.callbacks.Callback):
         self.directory = os.fspath(directory)
         self.monitor = monitor
         self.best = math.inf
+        self._starting = True
 
     @property
     def last_path(self):
@@ -38,6 +44,25 @@ class ModelCheckpoints(keras.callbacks.Callback):
     def best_path(self):
         return os.path.join(self.directory, "best.keras")
 
+    @property
+    def best_record_path(self):
+        return os.path.join(self.directory, "best.json")
+
+    def on_train_begin(self, logs=None):
+        self._starting = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # The first epoch of this fit: after BackupAndRestore (if resuming) set it.
+        if not self._starting:
+            return
+        self._starting = False
+        self.best = math.inf
+        if epoch > 0 and os.path.exists(self.best_record_path):
+            with open(self.best_record_path, encoding="utf-8") as file:
+                record = json.load(file)
+            if record["epoch"] <= epoch and record["monitor"] == self.monitor:
+                self.best = record["value"]
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         save_model(self.model, self.last_path)
@@ -45,6 +70,8 @@ class ModelCheckpoints(keras.callbacks.Callback):
         if value is not None and math.isfinite(value) and value < self.best:
             self.best = float(value)
             save_model(self.model, self.best_path)
+            record = {"epoch": epoch + 1, "monitor": self.monitor, "value": self.best}
+            write_json(self.best_record_path, record)
 
 
 def backup_and_restore(backup_dir):
