@@ -71,7 +71,8 @@ def train_parser():
     parser.add_argument(
         "--guidance-scale",
         type=float,
-        help=f"guidance of the sample grids (conditional models; default {DEFAULT_GUIDANCE_SCALE:g})",
+        help="guidance of the sample grids of conditional models "
+        f"(default {DEFAULT_GUIDANCE_SCALE:g})",
     )
     parser.add_argument(
         "--fid-every",
@@ -345,8 +346,9 @@ def evaluate_parser():
         type=float,
         nargs="+",
         help="class-conditional models: a row per setting and scale, from class-balanced "
-        f"samples (default: {DEFAULT_GUIDANCE_SCALE:g}; 0 is the unconditional model). Fashion-MNIST models also get "
-        "the committed classifier's agreement with the class asked for",
+        f"samples (default: {DEFAULT_GUIDANCE_SCALE:g}; 0 is the unconditional model). "
+        "Fashion-MNIST models also get the committed classifier's agreement with the class "
+        "asked for",
     )
     parser.add_argument("--extractor", choices=EXTRACTORS, default="fmnist")
     parser.add_argument(
