@@ -53,12 +53,15 @@ def tfds_data_dir(tmp_path_factory):
     return os.environ.get("DDPM_TFDS_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
 
 
-def build_tiny_network(dtype=None, num_classes=None, attention=True):
-    """An 8x8x1 UNet small enough to train in seconds (class-conditional with num_classes)."""
+def build_tiny_network(dtype=None, num_classes=None, attention=True, image_shape=(8, 8, 1)):
+    """A UNet (8x8x1 by default) small enough to train in seconds.
+
+    Class-conditional with `num_classes`.
+    """
     from ddpm_keras.unet import build_unet
 
     return build_unet(
-        (8, 8, 1),
+        image_shape,
         base_channels=8,
         channel_multipliers=(1, 2),
         num_res_blocks=1,

@@ -17,7 +17,12 @@ from ddpm_keras.evaluation import (
 from ddpm_keras.features import FeatureExtractor
 from ddpm_keras.metrics import frechet_distance
 
-from .conftest import CLASS_NAMES, build_tiny_conditional_model, randomize_weights
+from .conftest import (
+    CLASS_NAMES,
+    build_tiny_conditional_model,
+    build_tiny_network,
+    randomize_weights,
+)
 
 
 @pytest.mark.parametrize(
@@ -38,12 +43,17 @@ def test_bad_sampler_settings_say_the_format(text):
         SamplerSetting.parse(text)
 
 
-def test_evaluate_model_scores_each_setting_and_the_real_floor(tiny_model):
+def toy_extractor():
+    """Features of 8x8 images: a fixed random projection."""
     keras.utils.set_random_seed(1)
     projection = keras.Sequential(
         [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(5, activation="tanh")]
     )
-    extractor = FeatureExtractor(projection, "toy")
+    return FeatureExtractor(projection, "toy")
+
+
+def test_evaluate_model_scores_each_setting_and_the_real_floor(tiny_model):
+    extractor = toy_extractor()
     rng = np.random.default_rng(0)
     reference = rng.uniform(0, 1, (50, 8, 8, 1)).astype(np.float32)
     floor = rng.uniform(0, 1, (30, 8, 8, 1)).astype(np.float32)
@@ -93,22 +103,15 @@ def constant_classifier(class_id, num_classes=3):
     )
 
 
-def toy_extractor():
-    keras.utils.set_random_seed(1)
-    projection = keras.Sequential(
-        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(5, activation="tanh")]
-    )
-    return FeatureExtractor(projection, "toy")
-
-
 def test_evaluate_model_scores_each_guidance_scale_of_a_conditional_model():
     model = build_tiny_conditional_model()
     randomize_weights(model.ema_network)
     reference = np.random.default_rng(0).uniform(0, 1, (50, 8, 8, 1)).astype(np.float32)
     settings = [SamplerSetting("ddim", 3)]
+    extractor = toy_extractor()
     rows = evaluate_model(
         model,
-        toy_extractor(),
+        extractor,
         reference,
         settings,
         10,
@@ -125,7 +128,7 @@ def test_evaluate_model_scores_each_guidance_scale_of_a_conditional_model():
     labels = np.arange(10) % 3
     guided = model.generate(10, steps=3, seed=2, labels=labels, guidance_scale=2.0)
     assert rows[1]["fid"] == pytest.approx(
-        frechet_distance(toy_extractor()(guided), toy_extractor()(reference)), rel=1e-4
+        frechet_distance(extractor(guided), extractor(reference)), rel=1e-4
     )
     assert rows[0]["fid"] != pytest.approx(rows[1]["fid"])
     table = markdown_table(rows, "toy", "noise test", "constant classifier")
@@ -272,21 +275,12 @@ def test_short_conditional_training_on_fashion_mnist_draws_the_requested_classes
     from ddpm_keras.features import fmnist_classifier
     from ddpm_keras.model import DiffusionModel
     from ddpm_keras.schedule import NoiseSchedule
-    from ddpm_keras.unet import build_unet
 
     images, labels, names = load_split_arrays(
         "fashion_mnist", "train", tfds_data_dir, manual_dir, max_examples=4096
     )
     keras.utils.set_random_seed(0)
-    network = build_unet(
-        (28, 28, 1),
-        base_channels=8,
-        channel_multipliers=(1, 2),
-        num_res_blocks=1,
-        attention=False,
-        norm_groups=4,
-        num_classes=len(names),
-    )
+    network = build_tiny_network(num_classes=len(names), attention=False, image_shape=(28, 28, 1))
     # x0-prediction: early in training the network already predicts each
     # class's typical garment, which is what a short run can learn.
     model = DiffusionModel(

@@ -45,10 +45,7 @@ def default_callbacks(config, strategy=None):
             final_path=config.samples_path,
             every=config.sample_every,
             num_images=config.num_samples,
-            sampler=config.sampler,
-            steps=config.sample_steps if config.sampler != "ddpm" else None,
-            eta=config.eta,
-            seed=config.seed,
+            **sampling_settings(config),
             guidance_scale=config.guidance_scale,
             tensorboard_dir=tensorboard_dir,
         ),
@@ -70,11 +67,14 @@ def fashion_mnist_fid(config):
         FeatureStatistics.load(fmnist_reference_path("test")),
         num_samples=config.fid_num_samples,
         every=config.fid_every,
-        sampler=config.sampler,
-        steps=config.sample_steps if config.sampler != "ddpm" else None,
-        eta=config.eta,
-        seed=config.seed,
+        **sampling_settings(config),
     )
+
+
+def sampling_settings(config):
+    """How the run's grids and FID sample: sampler, steps (`ddpm` runs all T), eta, seed."""
+    steps = config.sample_steps if config.sampler != "ddpm" else None
+    return {"sampler": config.sampler, "steps": steps, "eta": config.eta, "seed": config.seed}
 
 
 __all__ = [
