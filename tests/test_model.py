@@ -1,5 +1,6 @@
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -506,3 +507,27 @@ def test_short_conditional_training_draws_the_requested_classes():
     # Without labels the model draws all three classes.
     unconditional = bright_region_classes(model.generate(30, steps=10, seed=1))
     assert len(set(unconditional.tolist())) == 3
+
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize("name", ["legacy_smoke", "legacy_smoke_conditional"])
+def test_models_saved_by_the_first_release_load_and_sample_the_same_images(name):
+    # Written by tests/fixtures/make_legacy_models.py with the code of commit
+    # eae7bb0, before the sampling pipeline left DiffusionModel. The samples
+    # are float32 results of 5 to 50 network calls; across CPUs (AVX2 against
+    # AVX-512 kernels) each call may round differently, a few float32 ulps
+    # relative, which the steps can grow to ~1e-5 but not to 1e-3. A model
+    # whose EMA weights were lost (sampling with the raw weights instead)
+    # moves them by more than 1e-2 (checked below), so 1e-3 tells the two apart.
+    model = load_diffusion_model(FIXTURES / f"{name}.keras")
+    expected = np.load(FIXTURES / f"{name}_samples.npz")
+    labels = {"labels": [0, 1, 2, 0], "guidance_scale": 2.0} if model.num_classes else {}
+    for sampler in ("ddim", "ddpm", "dpmpp_2m"):
+        steps = None if sampler == "ddpm" else 5
+        images = model.generate(4, steps=steps, sampler=sampler, seed=3, **labels)
+        np.testing.assert_allclose(images, expected[sampler], atol=1e-3, err_msg=sampler)
+    model.ema_network.set_weights(model.network.get_weights())
+    raw = model.generate(4, steps=5, sampler="ddim", seed=3, **labels)
+    assert np.max(np.abs(raw - expected["ddim"])) > 1e-2
