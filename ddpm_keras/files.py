@@ -96,72 +96,173 @@ def save_model_weights(model, path):
         model.save_weights(temporary)
 
 
-def save_image_grid(images, path, title=None, columns=None, row_labels=None):
-    """Saves images `[N, H, W, C]` in [0, 1] as one PNG grid, atomically.
+# Sample grids: every image is scaled up by an integer factor (nearest
+# neighbour, so pixels stay sharp squares) to a tile of at most this many
+# pixels a side; larger images are shown 1:1.
+GRID_TILE_PIXELS = 96
+# Padding between tiles (rows and columns alike) and around the grid: this
+# fraction of a tile's longer side, at least 2 pixels (6 for 28x28 images at 3x).
+GRID_PADDING_FRACTION = 1 / 14
+GRID_LABEL_FONT_PIXELS = 14
+GRID_TITLE_FONT_PIXELS = 16
+_GRID_BACKGROUND = 255  # white: padding, empty cells and margins
+_GRID_TEXT = 0  # black
 
-    Args:
-        images: Float array in [0, 1]; C is 1 (grey) or 3 (RGB).
-        path: Output `.png` path.
-        title: Optional figure title.
-        columns: Grid columns; default: the square root of N, rounded up.
-        row_labels: Optional text left of each row (e.g. class names).
+
+def grid_scale(height, width):
+    """The integer upscaling of `height` x `width` images in `save_image_grid`.
+
+    The largest integer factor that keeps the longer side within
+    `GRID_TILE_PIXELS` (96), at least 1: 28x28 images become 84x84 tiles (3x),
+    32x32 ones 96x96 (3x), 64x64 ones stay 1:1.
     """
-    # A bare Figure draws without pyplot, so the caller's backend (e.g. a
-    # notebook's inline plots) is left alone.
-    from matplotlib.figure import Figure
+    return max(1, GRID_TILE_PIXELS // max(height, width))
 
+
+def grid_padding(tile_height, tile_width):
+    """Pixels between tiles (and around the grid) in `save_image_grid`.
+
+    `GRID_PADDING_FRACTION` (1/14) of the tile's longer side, rounded, at
+    least 2: 6 pixels between 84x84 tiles.
+    """
+    return max(2, round(max(tile_height, tile_width) * GRID_PADDING_FRACTION))
+
+
+def _grid_font(size):
+    # Matplotlib's bundled DejaVu Sans (matplotlib is a dependency), so the
+    # text looks the same everywhere; Pillow's own font if it is missing.
+    import matplotlib
+    from PIL import ImageFont
+
+    path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
+    if os.path.exists(path):
+        return ImageFont.truetype(path, size)
+    return ImageFont.load_default(size)
+
+
+def _checked_images(images):
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(
             f"Images must be [N, H, W, C] with C = 1 or 3. Received: images.shape={images.shape}"
         )
-    count = images.shape[0]
+    if images.shape[0] == 0:
+        raise ValueError(f"`images` must not be empty. Received: images.shape={images.shape}")
+    return images
+
+
+def save_image_grid(images, path, title=None, columns=None, row_labels=None):
+    """Saves images `[N, H, W, C]` in [0, 1] as one PNG grid, atomically.
+
+    The images are tiled by `tile_images`, each scaled up by `grid_scale(H, W)`
+    (nearest neighbour: 3x for 28x28 images), with `grid_padding` white pixels
+    between every two tiles, rows and columns alike, and around the grid. The
+    title is centred above the grid, the row labels right-aligned left of their
+    rows; the canvas grows to fit both. Grey images (C = 1) give a greyscale
+    PNG, RGB ones (C = 3) an RGB PNG.
+
+    Args:
+        images: Float array in [0, 1]; C is 1 (grey) or 3 (RGB).
+        path: Output `.png` path.
+        title: Optional title above the grid.
+        columns: Grid columns; default: the square root of N, rounded up.
+        row_labels: Optional text left of each row (e.g. class names).
+    """
+    from PIL import Image, ImageDraw
+
+    images = _checked_images(images)
+    count, height, width, channels = images.shape
     columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
     if row_labels is not None and len(row_labels) != rows:
         raise ValueError(
             f"`row_labels` must have one entry per row ({rows}). Received: row_labels={row_labels!r}"
         )
-    label_width = 1.2 if row_labels is not None else 0.0
-    title_height = 0.4 if title else 0.0
-    figure = Figure(figsize=(columns * 1.0 + label_width, rows * 1.0 + title_height))
-    axes = figure.subplots(rows, columns, squeeze=False)
-    for axis, label in zip(axes[:, 0], row_labels or (), strict=False):
-        axis.text(-0.08, 0.5, label, transform=axis.transAxes, ha="right", va="center", fontsize=8)
-    for index, axis in enumerate(axes.flat):
-        axis.axis("off")
-        if index < count:
-            image = images[index]
-            if image.shape[-1] == 1:
-                axis.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
-            else:
-                axis.imshow(np.clip(image, 0.0, 1.0))
+    scale = grid_scale(height, width)
+    tile_height, tile_width = height * scale, width * scale
+    padding = grid_padding(tile_height, tile_width)
+    grid = tile_images(images, columns, padding=padding, scale=scale, pad_value=_GRID_BACKGROUND)
+    grid_height, grid_width = grid.shape[:2]
+
+    # Row labels: right-aligned, `padding` from the grid's own padding and at
+    # least `padding` from the left edge. Ink extents come from the font, so
+    # nothing is clipped.
+    left = 0
+    if row_labels is not None:
+        label_font = _grid_font(GRID_LABEL_FONT_PIXELS)
+        labels = [str(label) for label in row_labels]
+        boxes = [label_font.getbbox(label, anchor="rm") for label in labels]
+        ink_left = min((box[0] for box in boxes), default=0)
+        ink_right = max((box[2] for box in boxes), default=0)
+        left = padding + (ink_right - ink_left) + padding
+    # Title: centred over the grid, `padding` below the top edge and the
+    # grid's own padding above the tiles; the canvas widens on both sides if
+    # the title (plus `padding` each side) is wider than the grid.
+    top, extra_right = 0, 0
     if title:
-        figure.suptitle(title, fontsize=9)
-    # Keep the title's strip free: tight_layout alone lets the images cover it.
-    figure.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - title_height / figure.get_figheight()))
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=100)
+        title_font = _grid_font(GRID_TITLE_FONT_PIXELS)
+        title_box = title_font.getbbox(title, anchor="ma")
+        # The font's line height, not the ink's: the same margin for every title.
+        title_ink_top = min(title_box[1], 0)
+        top = padding + max(sum(title_font.getmetrics()), title_box[3]) - title_ink_top
+        half_overhang = max(-title_box[0], title_box[2]) + padding - grid_width / 2
+        if half_overhang > 0:
+            overhang = math.ceil(half_overhang)
+            left = max(left, overhang)
+            extra_right = overhang
 
-
-def tile_images(images, columns=None, padding=0):
-    """Tiles images `[N, H, W, C]` in [0, 1] into one uint8 `[rows*H, columns*W, C]` array.
-
-    A plain pixel grid (no figure), with `padding` black pixels between images.
-    """
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(
-            f"Images must be [N, H, W, C] with C = 1 or 3. Received: images.shape={images.shape}"
+    canvas = Image.new(
+        "L" if channels == 1 else "RGB",
+        (left + grid_width + extra_right, top + grid_height),
+        _GRID_BACKGROUND if channels == 1 else (_GRID_BACKGROUND,) * 3,
+    )
+    canvas.paste(Image.fromarray(grid[..., 0] if channels == 1 else grid), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    fill = _GRID_TEXT if channels == 1 else (_GRID_TEXT,) * 3
+    if row_labels is not None:
+        anchor_x = left - padding - ink_right
+        for row, label in enumerate(labels):
+            centre_y = top + padding + row * (tile_height + padding) + tile_height / 2
+            draw.text((anchor_x, centre_y), label, fill=fill, font=label_font, anchor="rm")
+    if title:
+        centre_x = left + grid_width / 2
+        draw.text(
+            (centre_x, padding - title_ink_top), title, fill=fill, font=title_font, anchor="ma"
         )
+    with atomic_path(path) as temporary:
+        canvas.save(temporary, format="PNG")
+
+
+def tile_images(images, columns=None, padding=0, scale=1, pad_value=0):
+    """Tiles images `[N, H, W, C]` in [0, 1] into one uint8 array.
+
+    A plain pixel grid (no figure) of `[rows*(s*H + p) + p, columns*(s*W + p) + p, C]`
+    pixels: each image scaled up `scale` (s) times by pixel repetition (nearest
+    neighbour), with `padding` (p) pixels of `pad_value` between images, around
+    the grid and in the empty cells of the last row.
+
+    Args:
+        images: Float array in [0, 1] (clipped); C is 1 (grey) or 3 (RGB).
+        columns: Images per row; default: the square root of N, rounded up.
+        padding: Pixels between tiles (rows and columns alike) and at the edges.
+        scale: Integer upscaling of every image, >= 1.
+        pad_value: uint8 value of the padding and the empty cells (0: black).
+    """
+    images = _checked_images(images)
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise ValueError(f"`scale` must be an integer >= 1. Received: scale={scale!r}")
     count, height, width, channels = images.shape
+    height, width = height * scale, width * scale
     columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
-    grid = np.zeros(
+    grid = np.full(
         (rows * (height + padding) + padding, columns * (width + padding) + padding, channels),
+        pad_value,
         np.uint8,
     )
     pixels = np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
+    if scale > 1:
+        pixels = np.repeat(np.repeat(pixels, scale, axis=1), scale, axis=2)
     for index in range(count):
         top = padding + (index // columns) * (height + padding)
         left = padding + (index % columns) * (width + padding)
