@@ -10,9 +10,11 @@ import os
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from ddpm_keras.config import DiffusionConfig, get_config
-from ddpm_keras.data import DataUnavailableError, load_dataset
+from ddpm_keras.data import load_dataset
 from ddpm_keras.distribute import is_chief, make_strategy
+from ddpm_keras.errors import ConfigError, DataUnavailableError
 from ddpm_keras.model import DiffusionModel, build_model, load_diffusion_model
+from ddpm_keras.pipeline import SamplingPipeline, SamplingSettings
 from ddpm_keras.samplers import DDIMSampler, DDPMSampler, get_sampler
 from ddpm_keras.schedule import NoiseSchedule
 from ddpm_keras.training import generate_samples, train
@@ -21,12 +23,15 @@ from ddpm_keras.unet import build_unet
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigError",
     "DDIMSampler",
     "DDPMSampler",
     "DataUnavailableError",
     "DiffusionConfig",
     "DiffusionModel",
     "NoiseSchedule",
+    "SamplingPipeline",
+    "SamplingSettings",
     "build_model",
     "build_unet",
     "generate_samples",

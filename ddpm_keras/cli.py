@@ -1,118 +1,83 @@
 """Command-line interfaces: `ddpm-train`, `ddpm-sample` and `ddpm-evaluate`.
 
-`scripts/train.py`, `scripts/sample.py` and `scripts/evaluate.py` use the same parsers. User errors
-(bad values, missing data or files) print one line to stderr and exit with
-status 2, without a traceback.
+`scripts/train.py`, `scripts/sample.py` and `scripts/evaluate.py` use the same
+parsers. `ddpm-train` has a flag per `DiffusionConfig` field, generated from
+the config. User errors (bad settings, missing data or files, a full disk,
+no permission, out of memory) print one line to stderr and exit with status
+2; other exceptions are bugs and keep their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
 import functools
-import math
 import os
 import sys
+import types
+import typing
 
 import numpy as np
 
 from ddpm_keras.callbacks.guards import NonFiniteLossError
 from ddpm_keras.config import (
     DEFAULT_GUIDANCE_SCALE,
-    LEARNING_RATE_SCHEDULES,
-    PRECISIONS,
-    PREDICTIONS,
+    FIELD_RULES,
     PRESETS,
-    STRATEGIES,
+    SAMPLERS,
+    Choice,
+    DiffusionConfig,
+    Integer,
+    check_field,
+    field_docs,
     get_config,
 )
-from ddpm_keras.data import DataUnavailableError
+from ddpm_keras.errors import ConfigError, DataUnavailableError
 from ddpm_keras.files import tile_images
-from ddpm_keras.samplers import SAMPLER_NAMES, get_sampler
-from ddpm_keras.schedule import SCHEDULE_NAMES
+from ddpm_keras.pipeline import SamplingSettings
 
-USER_ERRORS = (ValueError, DataUnavailableError, FileNotFoundError)
+
+def _flag_type(annotation):
+    """argparse keywords for a field annotation: `int`, `float | None`, `tuple[int, ...]`, ..."""
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        # `X | None`: the flag sets an X; leaving it out keeps the preset's value.
+        return _flag_type(args[0])
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(annotation) is tuple:
+        return {"type": args[0], "nargs": "+"}
+    return {"type": annotation}
 
 
 def train_parser():
-    """Flags of `scripts/train.py` / `ddpm-train`; unset flags keep the preset's value."""
+    """Flags of `scripts/train.py` / `ddpm-train`: one per `DiffusionConfig` field.
+
+    Each flag's type comes from the field's annotation, its choices from its
+    rule (`config.FIELD_RULES`) and its help from the field's documentation.
+    Unset flags keep the preset's value.
+    """
     parser = argparse.ArgumentParser(
-        description="Train a DDPM on Fashion-MNIST (or another TFDS image dataset)."
+        description="Train a DDPM on Fashion-MNIST (or another TFDS image dataset). "
+        "Unset flags keep the preset's value."
     )
-    parser.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        help="smoke (seconds), cpu (~30 min on 2 cores), default (GPU), mnist (the cpu "
-        "recipe on MNIST) or cifar10 (GPU); default: smoke/cpu/default chosen from the machine",
-    )
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--learning-rate", type=float, help="peak Adam learning rate")
-    parser.add_argument(
-        "--learning-rate-schedule",
-        choices=LEARNING_RATE_SCHEDULES,
-        help="constant, or cosine decay to 0 over the run",
-    )
-    parser.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up steps")
-    parser.add_argument("--ema-decay", type=float, help="decay of the EMA of the weights")
-    parser.add_argument("--base-channels", type=int, help="channels of the UNet's first level")
-    parser.add_argument(
-        "--prediction", choices=PREDICTIONS, help="network target: epsilon, x0 or v"
-    )
-    parser.add_argument("--min-snr-gamma", type=float, help="min-SNR-gamma loss weighting, e.g. 5")
-    parser.add_argument(
-        "--class-conditional",
-        action="store_true",
-        default=None,
-        help="train on (image, label) pairs for classifier-free guidance",
-    )
-    parser.add_argument(
-        "--label-dropout", type=float, help="share of labels dropped in training (default 0.1)"
-    )
-    parser.add_argument(
-        "--guidance-scale",
-        type=float,
-        help="guidance of the sample grids of conditional models "
-        f"(default {DEFAULT_GUIDANCE_SCALE:g})",
-    )
-    parser.add_argument(
-        "--fid-every",
-        type=int,
-        help="FID of the samples every N epochs, in metrics.json (Fashion-MNIST; 0: never)",
-    )
-    parser.add_argument("--fid-num-samples", type=int, help="samples per FID (default 500)")
-    parser.add_argument("--gradient-clip-norm", type=float, help="clip gradients to this L2 norm")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--schedule", choices=SCHEDULE_NAMES)
-    parser.add_argument("--dataset", help="TFDS image dataset name (default fashion_mnist)")
-    parser.add_argument("--max-train-examples", type=int)
-    parser.add_argument("--output-dir", help="artifact directory")
-    parser.add_argument(
-        "--manual-dir",
-        help="folder with the dataset's original .gz files, for offline use",
-    )
-    parser.add_argument("--data-dir", help="TFDS data directory")
-    parser.add_argument(
-        "--tensorboard",
-        action="store_true",
-        default=None,
-        help="log scalars and sample grids to <output-dir>/tensorboard",
-    )
-    parser.add_argument(
-        "--strategy",
-        choices=STRATEGIES,
-        help="auto (several GPUs: mirrored), default (one device), mirrored, "
-        "multiworker (cluster from TF_CONFIG) or tpu",
-    )
-    parser.add_argument(
-        "--devices", nargs="+", help="devices for --strategy mirrored, e.g. GPU:0 GPU:1"
-    )
-    parser.add_argument("--precision", choices=PRECISIONS, help="dtype policy of the network")
-    parser.add_argument(
-        "--jit-compile",
-        action="store_true",
-        default=None,
-        help="compile the training step with XLA",
-    )
+    docs = field_docs()
+    hints = typing.get_type_hints(DiffusionConfig)
+    for field in dataclasses.fields(DiffusionConfig):
+        keywords = _flag_type(hints[field.name])
+        rule = FIELD_RULES[field.name]
+        if field.name == "preset":
+            keywords["choices"] = sorted(PRESETS)
+        elif isinstance(rule, Choice):
+            keywords["choices"] = rule.choices
+        # default=None: an unset flag leaves the preset's value.
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            default=None,
+            help=docs[field.name].replace("%", "%%"),
+            **keywords,
+        )
     return parser
 
 
@@ -135,7 +100,7 @@ def sample_parser():
     parser.add_argument(
         "--steps", type=int, help="sampling steps (default: 50 for ddim, T for ddpm)"
     )
-    parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -173,23 +138,62 @@ def sample_parser():
     return parser
 
 
-def user_errors_exit(main):
-    """Turns expected failures of `main` into a one-line message on stderr.
+# errno values of operating-system errors a user can fix (disk full, no
+# permission) rather than bugs; other OSErrors keep their traceback.
+_USER_OS_ERRORS = {
+    errno.ENOSPC: "No space left on the device",
+    errno.EDQUOT: "Disk quota exceeded",
+    errno.EACCES: "Permission denied",
+    errno.EPERM: "Operation not permitted",
+    errno.EROFS: "Read-only file system",
+}
 
-    User errors (bad values, missing data or files) exit with status 2; a
-    training run stopped by a non-finite loss exits with status 1.
+
+def user_error_message(error):
+    """The one-line message for an error a user can fix, or `None` for a bug.
+
+    User errors are bad settings (`ConfigError`), unavailable data
+    (`DataUnavailableError`), a full disk or a permission problem, and
+    running out of memory. Anything else, a `ValueError` raised in a user's
+    callback included, is not one.
+    """
+    import tensorflow as tf
+
+    if isinstance(error, (ConfigError, DataUnavailableError)):
+        return str(error)
+    if isinstance(error, OSError) and error.errno in _USER_OS_ERRORS:
+        where = f" writing {error.filename!r}" if error.filename else ""
+        return f"{_USER_OS_ERRORS[error.errno]}{where}: free space or fix the permissions, then re-run the same command ({error})"
+    if isinstance(error, (tf.errors.ResourceExhaustedError, MemoryError)):
+        return (
+            "Out of memory. Lower --batch-size, or --base-channels / --num-res-blocks "
+            f"for a smaller network, then re-run. ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
+        )
+    return None
+
+
+def user_errors_exit(main):
+    """Turns the failures a user can fix into one line on stderr and an exit status.
+
+    User errors (see `user_error_message`) exit with status 2; a training
+    run stopped by a non-finite loss exits with status 1. Anything else
+    propagates with its traceback: it is a bug, here or in a user's callback.
     """
 
     @functools.wraps(main)
     def wrapper(argv=None):
         try:
             return main(argv)
-        except USER_ERRORS as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
         except NonFiniteLossError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
+        except Exception as error:
+            message = user_error_message(error)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
+            return 2
 
     return wrapper
 
@@ -213,26 +217,38 @@ def sample_main(argv=None):
 
     args = sample_parser().parse_args(argv)
     if not args.output.endswith(".png"):
-        raise ValueError(f"`--output` must end in '.png'. Received: output={args.output!r}")
+        raise ConfigError(f"`--output` must end in '.png'. Received: output={args.output!r}")
     if args.gif is not None and not args.gif.endswith(".gif"):
-        raise ValueError(f"`--gif` must end in '.gif'. Received: gif={args.gif!r}")
-    if args.gif_frames < 2:
-        raise ValueError(f"`--gif-frames` must be >= 2. Received: gif_frames={args.gif_frames}")
+        raise ConfigError(f"`--gif` must end in '.gif'. Received: gif={args.gif!r}")
+    for name in ("num_images", "batch_size", "gif_frames"):
+        Integer(2 if name == "gif_frames" else 1).check(name, getattr(args, name))
+    if args.class_label is not None and args.per_class is not None:
+        raise ConfigError(
+            "Give `--class` or `--per-class`, not both. "
+            f"Received: class={args.class_label!r}, per_class={args.per_class}"
+        )
+    if args.guidance_scale is not None and args.class_label is None and args.per_class is None:
+        raise ConfigError(
+            "`--guidance-scale` applies to labelled samples: give `--class` or `--per-class` "
+            f"(of a class-conditional model). Received: guidance_scale={args.guidance_scale}"
+        )
+    settings = SamplingSettings(
+        args.sampler,
+        args.steps,
+        args.eta,
+        DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale,
+        args.seed,
+    )
     for path in (args.output, args.gif):
         if path is not None:
             ensure_writable_dir(os.path.dirname(os.path.abspath(path)))
     model = load_diffusion_model(args.model)
-    # Checks the sampler arguments before any work, and gives the real step count.
-    steps = get_sampler(args.sampler, model.schedule, args.steps, args.eta).num_steps
+    # Checks the steps against the model's T before any work, and gives the real count.
+    steps = settings.make_sampler(model.schedule, model.prediction).num_steps
     num_images, labels, columns = args.num_images, None, None
-    if args.class_label is not None and args.per_class is not None:
-        raise ValueError(
-            "Give `--class` or `--per-class`, not both. "
-            f"Received: class={args.class_label!r}, per_class={args.per_class}"
-        )
     if args.per_class is not None:
         if args.per_class < 1 or model.num_classes is None:
-            raise ValueError(
+            raise ConfigError(
                 "`--per-class` needs a class-conditional model and a count >= 1. "
                 f"Received: per_class={args.per_class}"
             )
@@ -242,34 +258,17 @@ def sample_main(argv=None):
     elif args.class_label is not None:
         label = args.class_label
         labels = model.label_ids(int(label) if label.isdigit() else label, num_images)
-    guidance_scale = args.guidance_scale
-    if guidance_scale is None:
-        guidance_scale = DEFAULT_GUIDANCE_SCALE
-    elif labels is None:
-        raise ValueError(
-            "`--guidance-scale` applies to labelled samples: give `--class` or `--per-class` "
-            f"(of a class-conditional model). Received: guidance_scale={guidance_scale}"
-        )
     recorder = ReverseProcessRecorder(
         num_images, args.batch_size, steps, args.gif_frames, columns=columns
     )
     use_callback = args.gif is not None or not args.no_progress
-    images = model.generate(
-        num_images,
-        steps=args.steps,
-        sampler=args.sampler,
-        eta=args.eta,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        labels=labels,
-        guidance_scale=guidance_scale,
-        callback=recorder.progress(show_bar=not args.no_progress, keep_frames=bool(args.gif))
-        if use_callback
-        else None,
+    progress = recorder.progress(show_bar=not args.no_progress, keep_frames=bool(args.gif))
+    images = model.pipeline(
+        num_images, settings, labels, args.batch_size, progress if use_callback else None
     )
     title = f"{args.sampler}, {steps} steps, seed {args.seed}"
     if labels is not None:
-        title += f", guidance {guidance_scale:g}"
+        title += f", guidance {settings.guidance_scale:g}"
         if args.class_label is not None:
             title = f"{model.class_names[labels[0]]}: {title}"
     row_labels = None if args.per_class is None else model.class_names
@@ -387,29 +386,27 @@ def evaluate_parser():
 def evaluate_main(argv=None):
     """Entry point of `ddpm-evaluate` (and `scripts/evaluate.py`)."""
     from ddpm_keras.data import load_split_arrays
-    from ddpm_keras.evaluation import SamplerSetting, evaluate_model, markdown_table
+    from ddpm_keras.evaluation import evaluate_model, markdown_table
     from ddpm_keras.features import fmnist_card, fmnist_classifier, get_feature_extractor
     from ddpm_keras.files import ensure_writable_dir, write_json, write_text
     from ddpm_keras.model import load_diffusion_model
 
     args = evaluate_parser().parse_args(argv)
-    settings = [SamplerSetting.parse(text) for text in args.settings]
-    if args.num_samples < 2:
-        raise ValueError(f"`--num-samples` must be >= 2. Received: {args.num_samples}")
+    settings = [SamplingSettings.parse(text, seed=args.seed) for text in args.settings]
+    Integer(2).check("num_samples", args.num_samples)
     for scale in args.guidance_scales or ():
-        if not 0.0 <= scale < math.inf:
-            raise ValueError(f"`--guidance-scales` must be >= 0. Received: {scale}")
+        check_field("guidance_scale", scale)
     ensure_writable_dir(args.output_dir)
     model = load_diffusion_model(args.model)
     if args.weights == "raw":
         # Sampling always uses ema_network; give it the raw weights.
         model.ema_network.set_weights(model.network.get_weights())
     for setting in settings:  # fail before any sampling, not after an hour of it
-        get_sampler(setting.sampler, model.schedule, setting.steps, setting.eta)
+        setting.make_sampler(model.schedule, model.prediction)
     classifier = classifier_name = None
     if model.num_classes is None:
         if args.guidance_scales is not None:
-            raise ValueError(
+            raise ConfigError(
                 "`--guidance-scales` needs a class-conditional model. "
                 f"Received: {args.model} (unconditional)"
             )
@@ -422,7 +419,7 @@ def evaluate_main(argv=None):
             args.dataset, split, args.data_dir, args.manual_dir, max_examples
         )
         if images.shape[1:] != model.image_shape:
-            raise ValueError(
+            raise ConfigError(
                 f"The model makes {model.image_shape} images but {args.dataset} has "
                 f"{images.shape[1:]}. Received: dataset={args.dataset!r}"
             )

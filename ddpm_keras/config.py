@@ -10,6 +10,10 @@ import dataclasses
 import math
 import os
 
+import numpy as np
+
+from ddpm_keras.errors import ConfigError
+
 DEFAULT_OUTPUT_DIR = os.path.join("artifacts", "tensorflow_diffusion")
 
 SCHEDULES = ("linear", "cosine")
@@ -28,7 +32,10 @@ class DiffusionConfig:
     """Everything a training or sampling run needs, validated on creation.
 
     Attributes:
-        preset: Name of the preset this config started from (informational).
+        preset: The preset the other fields start from: `smoke` (seconds),
+            `cpu` (about 30 minutes on 2 CPU cores), `default` (a GPU run),
+            `mnist` (the cpu recipe on MNIST) or `cifar10` (GPU). Unset:
+            `default` if a GPU is visible, else `cpu`.
         dataset: TFDS dataset name with an `image` feature, e.g.
             `"fashion_mnist"` or `"mnist"`.
         data_dir: TFDS data directory (`None`: TFDS' default,
@@ -75,8 +82,10 @@ class DiffusionConfig:
         seed: Seed for weights, data order, timesteps and noise.
         sample_every: Write a sample grid every N epochs (0: only at the end).
         num_samples: Images in each sample grid.
-        sampler: Sampler for grids, `"ddim"` or `"ddpm"`.
-        sample_steps: Sampling steps for grids (`ddpm` always uses T).
+        sampler: Sampler of the sample grids and FID: `"ddim"`, `"ddpm"`
+            (ancestral) or `"dpmpp_2m"` (DPM-Solver++(2M)).
+        sample_steps: Sampling steps of the grids and FID (`ddpm` always
+            runs all T).
         eta: DDIM eta in [0, 1] (0: deterministic, 1: DDPM-like noise).
         fid_every: Score the EMA model's samples every N epochs with the
             committed Fashion-MNIST features: `val_fid` in the epoch logs,
@@ -157,9 +166,7 @@ class DiffusionConfig:
 
     def replace(self, **changes) -> DiffusionConfig:
         """Returns a copy with some fields changed (validated again)."""
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ValueError(f"Unknown config field(s) {unknown}. Received: {changes}")
+        check_known_fields(changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -195,157 +202,241 @@ class DiffusionConfig:
         return os.path.join(self.output_dir, "metrics.json")
 
     @property
+    def history_path(self) -> str:
+        return os.path.join(self.output_dir, "history.csv")
+
+    @property
     def samples_path(self) -> str:
         return os.path.join(self.output_dir, "ddpm_samples.png")
 
 
-def _fail(name, value, requirement):
-    raise ValueError(f"`{name}` {requirement}. Received: {name}={value!r}")
+class Integer:
+    """An integer >= `minimum` (or `None`, if `optional`)."""
+
+    def __init__(self, minimum, optional=False):
+        self.minimum, self.optional = minimum, optional
+
+    def check(self, name, value):
+        if value is None and self.optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            fail(name, value, "must be an integer")
+        if value < self.minimum:
+            fail(name, value, f"must be >= {self.minimum}")
 
 
-def _check_int(config, name, minimum, allow_none=False):
-    value = getattr(config, name)
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(name, value, "must be an integer")
-    if value < minimum:
-        _fail(name, value, f"must be >= {minimum}")
+class Number:
+    """A finite number in [low, high], or (low, high] with `low_open` (or `None`, if `optional`)."""
+
+    def __init__(self, low, high, low_open=False, optional=False):
+        self.low, self.high, self.low_open, self.optional = low, high, low_open, optional
+
+    def check(self, name, value):
+        if value is None and self.optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            fail(name, value, "must be a number")
+        if not math.isfinite(value):
+            fail(name, value, "must be finite")
+        too_low = value <= self.low if self.low_open else value < self.low
+        if too_low or value > self.high:
+            fail(name, value, f"must be in {'(' if self.low_open else '['}{self.low}, {self.high}]")
 
 
-def _check_float(config, name, low, high, low_open=False):
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(name, value, "must be a number")
-    if not math.isfinite(value):
-        _fail(name, value, "must be finite")
-    too_low = value <= low if low_open else value < low
-    if too_low or value > high:
-        interval = f"{'(' if low_open else '['}{low}, {high}]"
-        _fail(name, value, f"must be in {interval}")
+class Choice:
+    """One of `choices`."""
+
+    def __init__(self, choices):
+        self.choices = tuple(choices)
+
+    def check(self, name, value):
+        if value not in self.choices:
+            fail(name, value, f"must be one of {list(self.choices)}")
 
 
-def _check_choice(config, name, choices):
-    value = getattr(config, name)
-    if value not in choices:
-        _fail(name, value, f"must be one of {list(choices)}")
+class Flag:
+    """`True` or `False`."""
+
+    def check(self, name, value):
+        if not isinstance(value, bool):
+            fail(name, value, "must be True or False")
 
 
-def _check_optional_str(config, name, allow_none=True):
-    value = getattr(config, name)
-    if value is None and allow_none:
-        return
-    if not isinstance(value, str) or not value:
-        _fail(name, value, "must be a non-empty string")
+class Text:
+    """A non-empty string (or `None`, if `optional`)."""
+
+    def __init__(self, optional=False):
+        self.optional = optional
+
+    def check(self, name, value):
+        if value is None and self.optional:
+            return
+        if not isinstance(value, str) or not value:
+            fail(name, value, "must be a non-empty string")
+
+
+class Sequence:
+    """A non-empty tuple of positive integers or of non-empty strings (or `None`, if `optional`)."""
+
+    def __init__(self, item_type, optional=False):
+        self.item_type, self.optional = item_type, optional
+
+    def _valid(self, item):
+        if self.item_type is int:
+            return isinstance(item, int) and not isinstance(item, bool) and item >= 1
+        return isinstance(item, str) and bool(item)
+
+    def check(self, name, value):
+        if value is None and self.optional:
+            return
+        if not isinstance(value, tuple) or not value or not all(map(self._valid, value)):
+            kind = "positive integers" if self.item_type is int else "non-empty strings"
+            fail(name, value, f"must be a non-empty sequence of {kind}")
+
+
+# The rule on each field's own value, one per field. Rules that relate two
+# fields are in `validate_config`. The parts (samplers, the model, the
+# sampling pipeline) check their arguments with `check_field`, so each rule
+# is written once, and the CLI takes its flags' choices from here.
+FIELD_RULES = {
+    "preset": Text(),
+    "dataset": Text(),
+    "data_dir": Text(optional=True),
+    "manual_dir": Text(optional=True),
+    "max_train_examples": Integer(1, optional=True),
+    "max_val_examples": Integer(1, optional=True),
+    "shuffle_buffer": Integer(1),
+    "schedule": Choice(SCHEDULES),
+    "timesteps": Integer(2),
+    "beta_start": Number(0.0, 1.0, low_open=True),
+    "beta_end": Number(0.0, 1.0, low_open=True),
+    "base_channels": Integer(2),
+    "channel_multipliers": Sequence(int),
+    "num_res_blocks": Integer(1),
+    "attention": Flag(),
+    "norm_groups": Integer(1),
+    "prediction": Choice(PREDICTIONS),
+    "min_snr_gamma": Number(0.0, math.inf, low_open=True, optional=True),
+    "class_conditional": Flag(),
+    "label_dropout": Number(0.0, 1.0),
+    "batch_size": Integer(1),
+    "epochs": Integer(1),
+    "learning_rate": Number(0.0, 1.0, low_open=True),
+    "learning_rate_schedule": Choice(LEARNING_RATE_SCHEDULES),
+    "warmup_steps": Integer(0),
+    "gradient_clip_norm": Number(0.0, math.inf, low_open=True, optional=True),
+    "ema_decay": Number(0.0, 1.0),
+    "seed": Integer(0),
+    "sample_every": Integer(0),
+    "num_samples": Integer(1),
+    "sampler": Choice(SAMPLERS),
+    "sample_steps": Integer(1),
+    "eta": Number(0.0, 1.0),
+    "guidance_scale": Number(0.0, math.inf),
+    "fid_every": Integer(0),
+    "fid_num_samples": Integer(2),
+    "output_dir": Text(),
+    "tensorboard": Flag(),
+    "strategy": Choice(STRATEGIES),
+    "devices": Sequence(str, optional=True),
+    "precision": Choice(PRECISIONS),
+    "jit_compile": Flag(),
+}
+
+
+def fail(name, value, requirement):
+    """Raises `ConfigError("`name` requirement. Received: name=value")`."""
+    raise ConfigError(f"`{name}` {requirement}. Received: {name}={value!r}")
+
+
+def check_field(name, value):
+    """Checks one value against the rule of the config field `name` (see `FIELD_RULES`).
+
+    Raises:
+        ConfigError: naming the field and the value.
+    """
+    FIELD_RULES[name].check(name, value)
+
+
+def check_steps(value, timesteps, name="num_steps"):
+    """Sampling steps are an integer in [1, timesteps]."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or not 1 <= value <= timesteps
+    ):
+        fail(name, value, f"must be an integer in [1, {timesteps}] (the schedule's T)")
+
+
+def check_eta(eta, sampler):
+    """eta is DDIM's: in [0, 1] for `"ddim"`, and 0 for the other samplers."""
+    check_field("eta", eta)
+    if sampler != "ddim" and eta != 0.0:
+        fail("eta", eta, f"must be 0 with sampler={sampler!r} (eta is DDIM's)")
 
 
 def validate_config(config: DiffusionConfig) -> None:
-    """Checks every field; raises `ValueError` naming the first bad one."""
-    _check_optional_str(config, "preset", allow_none=False)
-    _check_optional_str(config, "dataset", allow_none=False)
-    _check_optional_str(config, "data_dir")
-    _check_optional_str(config, "manual_dir")
-    _check_optional_str(config, "output_dir", allow_none=False)
-    _check_int(config, "max_train_examples", 1, allow_none=True)
-    _check_int(config, "max_val_examples", 1, allow_none=True)
-    _check_int(config, "shuffle_buffer", 1)
-    _check_choice(config, "schedule", SCHEDULES)
-    _check_int(config, "timesteps", 2)
-    _check_float(config, "beta_start", 0.0, 1.0, low_open=True)
-    _check_float(config, "beta_end", 0.0, 1.0, low_open=True)
+    """Checks every field, then the rules between fields.
+
+    Raises:
+        ConfigError: naming the first bad field.
+    """
+    for field in dataclasses.fields(config):
+        check_field(field.name, getattr(config, field.name))
     if config.beta_start > config.beta_end:
-        _fail("beta_start", config.beta_start, "must be <= beta_end")
-    _check_int(config, "base_channels", 2)
+        fail("beta_start", config.beta_start, "must be <= beta_end")
     if config.base_channels % 2:
         # The sinusoidal timestep embedding has base_channels (sin, cos) pairs.
-        _fail("base_channels", config.base_channels, "must be even")
-    multipliers = config.channel_multipliers
-    if (
-        not isinstance(multipliers, tuple)
-        or not multipliers
-        or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in multipliers)
-    ):
-        _fail(
-            "channel_multipliers",
-            multipliers,
-            "must be a non-empty sequence of positive integers",
-        )
-    _check_int(config, "num_res_blocks", 1)
-    if not isinstance(config.attention, bool):
-        _fail("attention", config.attention, "must be True or False")
-    _check_int(config, "norm_groups", 1)
+        fail("base_channels", config.base_channels, "must be even")
     # The stem (base_channels) and every level feed a GroupNormalization.
-    for multiplier in (1, *multipliers):
+    for multiplier in (1, *config.channel_multipliers):
         if (config.base_channels * multiplier) % config.norm_groups:
-            _fail(
+            fail(
                 "norm_groups",
                 config.norm_groups,
                 "must divide base_channels and base_channels * every channel multiplier "
                 f"(base_channels={config.base_channels}, "
-                f"channel_multipliers={multipliers})",
+                f"channel_multipliers={config.channel_multipliers})",
             )
-    _check_choice(config, "prediction", PREDICTIONS)
-    if config.min_snr_gamma is not None:
-        _check_float(config, "min_snr_gamma", 0.0, math.inf, low_open=True)
-    if not isinstance(config.class_conditional, bool):
-        _fail("class_conditional", config.class_conditional, "must be True or False")
-    _check_float(config, "label_dropout", 0.0, 1.0)
-    _check_float(config, "guidance_scale", 0.0, math.inf)
-    _check_int(config, "batch_size", 1)
-    _check_int(config, "epochs", 1)
-    _check_float(config, "learning_rate", 0.0, 1.0, low_open=True)
-    _check_choice(config, "learning_rate_schedule", LEARNING_RATE_SCHEDULES)
-    _check_int(config, "warmup_steps", 0)
-    if config.gradient_clip_norm is not None:
-        _check_float(config, "gradient_clip_norm", 0.0, math.inf, low_open=True)
-    _check_float(config, "ema_decay", 0.0, 1.0)
-    _check_int(config, "seed", 0)
-    _check_int(config, "sample_every", 0)
-    _check_int(config, "num_samples", 1)
-    _check_choice(config, "sampler", SAMPLERS)
-    _check_int(config, "sample_steps", 1)
-    if config.sample_steps > config.timesteps:
-        _fail(
-            "sample_steps",
-            config.sample_steps,
-            f"must be <= timesteps ({config.timesteps})",
-        )
-    _check_float(config, "eta", 0.0, 1.0)
-    if config.sampler != "ddim" and config.eta != 0.0:
-        # Only DDIM has an eta; without this check the run would fail only
-        # at its first sample grid.
-        _fail("eta", config.eta, f"must be 0 with sampler={config.sampler!r} (eta is DDIM's)")
-    _check_int(config, "fid_every", 0)
-    _check_int(config, "fid_num_samples", 2)
+    check_steps(config.sample_steps, config.timesteps, "sample_steps")
+    # Without this check the run would fail only at its first sample grid.
+    check_eta(config.eta, config.sampler)
     if config.fid_every and config.dataset != "fashion_mnist":
-        _fail(
+        fail(
             "fid_every",
             config.fid_every,
             f"needs dataset='fashion_mnist', not {config.dataset!r}: its features come "
             "from the committed Fashion-MNIST classifier. For other datasets add a "
             "FIDCallback with your own extractor",
         )
-    _check_choice(config, "strategy", STRATEGIES)
-    if config.devices is not None:
-        if (
-            not isinstance(config.devices, tuple)
-            or not config.devices
-            or any(not isinstance(d, str) or not d for d in config.devices)
-        ):
-            _fail("devices", config.devices, "must be a non-empty sequence of device names")
-        if config.strategy != "mirrored":
-            _fail("devices", config.devices, "applies only to strategy='mirrored'")
+    if config.devices is not None and config.strategy != "mirrored":
+        fail("devices", config.devices, "applies only to strategy='mirrored'")
     if config.class_conditional and config.strategy == "multiworker":
         # Keras 3.15's multi-worker build fails on (image, label) batches.
-        _fail(
+        fail(
             "class_conditional",
             config.class_conditional,
-            "is not supported with strategy='multiworker' (see README)",
+            "is not supported with strategy='multiworker' (see docs/scaling.md)",
         )
-    _check_choice(config, "precision", PRECISIONS)
-    for name in ("jit_compile", "tensorboard"):
-        if not isinstance(getattr(config, name), bool):
-            _fail(name, getattr(config, name), "must be True or False")
+
+
+def field_docs() -> dict[str, str]:
+    """Each field's documentation, from the `Attributes:` section of `DiffusionConfig`.
+
+    The CLI's help comes from here, so a field is documented once.
+    """
+    lines = DiffusionConfig.__doc__.split("Attributes:", 1)[1].splitlines()
+    docs, name = {}, None
+    for line in lines:
+        text = line.strip()
+        head, colon, rest = text.partition(": ")
+        # A field starts a line at the first indentation level: "name: text".
+        if colon and head.isidentifier() and len(line) - len(line.lstrip()) == 8:
+            name = head
+            docs[name] = rest
+        elif text and name is not None:
+            docs[name] += " " + text
+    return docs
 
 
 # Presets. `smoke` runs in seconds for tests; `cpu` takes about 30 minutes on
@@ -428,6 +519,13 @@ def detect_preset() -> tuple[str, str]:
     return "cpu", "no GPU is visible"
 
 
+def check_known_fields(values):
+    """Raises `ConfigError` if `values` has a key that is not a `DiffusionConfig` field."""
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(DiffusionConfig)})
+    if unknown:
+        raise ConfigError(f"Unknown config field(s) {unknown}. Received: {values}")
+
+
 def get_config(preset: str | None = None, **overrides) -> DiffusionConfig:
     """Builds a validated config from a preset plus field overrides.
 
@@ -445,13 +543,10 @@ def get_config(preset: str | None = None, **overrides) -> DiffusionConfig:
         preset, reason = detect_preset()
         print(f"No preset named; using '{preset}' because {reason}.")
     if preset not in PRESETS:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown preset. Expected one of {sorted(PRESETS)}. Received: preset={preset!r}"
         )
-    fields = {f.name for f in dataclasses.fields(DiffusionConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"Unknown config field(s) {unknown}. Received: {overrides}")
+    check_known_fields(overrides)
     values = dict(PRESETS[preset], preset=preset)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return DiffusionConfig(**values)

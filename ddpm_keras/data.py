@@ -13,6 +13,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ddpm_keras.errors import ConfigError, DataUnavailableError
+
 # The original files TFDS expects for the datasets we document offline use for.
 MANUAL_FILES = {
     "fashion_mnist": (
@@ -24,10 +26,6 @@ MANUAL_FILES = {
 }
 MANUAL_FILES["mnist"] = MANUAL_FILES["fashion_mnist"]
 MANUAL_FILES["cifar10"] = ("cifar-10-binary.tar.gz",)
-
-
-class DataUnavailableError(RuntimeError):
-    """The dataset could be neither downloaded nor read from `manual_dir`."""
 
 
 def check_manual_dir(dataset, manual_dir):
@@ -63,19 +61,19 @@ def prepare_builder(dataset, data_dir=None, manual_dir=None):
     except Exception as error:  # TFDS raises DatasetNotFoundError and others.
         # TFDS appends the list of all its datasets; keep the first line.
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(
+        raise ConfigError(
             f"Unknown TFDS dataset ({reason}). Received: dataset={dataset!r}"
         ) from error
     features = builder.info.features
     is_dict = isinstance(features, tfds.features.FeaturesDict)
     image_feature = features["image"] if is_dict and "image" in features.keys() else None
     if not isinstance(image_feature, tfds.features.Image):
-        raise ValueError(
+        raise ConfigError(
             "The dataset has no `image` feature, so it is not an image dataset. "
             f"Received: dataset={dataset!r}"
         )
     if None in tuple(image_feature.shape):
-        raise ValueError(
+        raise ConfigError(
             "Images of a fixed (height, width, channels) shape are needed; this "
             f"dataset's shape is {tuple(image_feature.shape)}. "
             f"Received: dataset={dataset!r}"
@@ -115,7 +113,7 @@ def load_split_arrays(dataset, split, data_dir=None, manual_dir=None, max_exampl
     """
     builder = prepare_builder(dataset, data_dir, manual_dir)
     if split not in builder.info.splits:
-        raise ValueError(
+        raise ConfigError(
             f"`split` must be one of {sorted(builder.info.splits)}. Received: split={split!r}"
         )
     arrays = tfds.as_numpy(builder.as_dataset(split=_split(split, max_examples), batch_size=-1))
@@ -158,12 +156,12 @@ def load_dataset(config):
     splits = builder.info.splits
     val_split = next((name for name in ("test", "validation") if name in splits), None)
     if "train" not in splits or val_split is None:
-        raise ValueError(
+        raise ConfigError(
             "The dataset needs a 'train' split and a 'test' or 'validation' split. "
             f"Received: dataset={config.dataset!r} with splits {sorted(splits)}"
         )
     if config.class_conditional and class_names(config) is None:
-        raise ValueError(
+        raise ConfigError(
             "`class_conditional` needs a dataset with a 'label' class feature. "
             f"Received: dataset={config.dataset!r}"
         )
@@ -172,7 +170,7 @@ def load_dataset(config):
     if config.max_train_examples is not None:
         num_train = min(num_train, config.max_train_examples)
     if num_train < config.batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"`batch_size` exceeds the {num_train} training images, so an epoch "
             f"would have no full batch. Received: batch_size={config.batch_size}"
         )

@@ -13,6 +13,7 @@ import tempfile
 import tensorflow as tf
 
 from ddpm_keras.config import STRATEGIES
+from ddpm_keras.errors import ConfigError
 
 
 def make_strategy(name="auto", devices=None):
@@ -34,11 +35,11 @@ def make_strategy(name="auto", devices=None):
         A `tf.distribute.Strategy`.
     """
     if name not in STRATEGIES:
-        raise ValueError(
+        raise ConfigError(
             f"`strategy` must be one of {list(STRATEGIES)}. Received: strategy={name!r}"
         )
     if devices is not None and name != "mirrored":
-        raise ValueError(
+        raise ConfigError(
             "`devices` applies only to strategy='mirrored'. "
             f"Received: strategy={name!r}, devices={devices!r}"
         )
@@ -75,7 +76,7 @@ def _check_devices_exist(devices):
         except ValueError:
             key = None
         if key not in available_keys:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown device {device!r}; this machine has {available}. "
                 f"Received: devices={list(devices)!r}"
             )
@@ -88,7 +89,7 @@ def _check_tf_config():
     except json.JSONDecodeError:
         tf_config = None
     if not isinstance(tf_config, dict) or "cluster" not in tf_config or "task" not in tf_config:
-        raise ValueError(
+        raise ConfigError(
             "strategy='multiworker' needs the TF_CONFIG environment variable: JSON with "
             '"cluster" (e.g. {"worker": ["host1:12345", "host2:12345"]}) and "task" '
             '(e.g. {"type": "worker", "index": 0}). '
@@ -107,7 +108,7 @@ def check_jit_compile(strategy, jit_compile):
         return
     devices = strategy.extended.worker_devices
     if any("CPU" in device.upper() for device in devices):
-        raise ValueError(
+        raise ConfigError(
             "`jit_compile=True` cannot be combined with a strategy of several "
             "replicas on CPU devices; use one device, or GPUs. "
             f"Received: jit_compile=True, replica devices={list(devices)}"

@@ -7,42 +7,14 @@ import time
 
 import numpy as np
 
-from ddpm_keras.config import DEFAULT_GUIDANCE_SCALE, SAMPLERS
+from ddpm_keras.config import DEFAULT_GUIDANCE_SCALE
+from ddpm_keras.errors import ConfigError
 from ddpm_keras.metrics import (
     FeatureStatistics,
     frechet_distance_from_statistics,
     kernel_inception_distance,
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerSetting:
-    """One column of the quality table: a sampler, its step count and eta."""
-
-    sampler: str
-    steps: int
-    eta: float = 0.0
-
-    @classmethod
-    def parse(cls, text):
-        """`"ddim:50"`, `"ddim:50:0.5"` (eta) or `"ddpm:1000"`."""
-        parts = text.split(":")
-        try:
-            if len(parts) not in (2, 3) or parts[0] not in SAMPLERS:
-                raise ValueError
-            steps = int(parts[1])
-            eta = float(parts[2]) if len(parts) == 3 else 0.0
-        except ValueError:
-            raise ValueError(
-                f"A sampler setting is SAMPLER:STEPS[:ETA] with SAMPLER in {SAMPLERS}, "
-                f"e.g. ddim:50. Received: {text!r}"
-            ) from None
-        return cls(parts[0], steps, eta)
-
-    @property
-    def label(self):
-        eta = f", eta {self.eta:g}" if self.eta else ""
-        return f"{self.sampler} {self.steps}{eta}"
+from ddpm_keras.pipeline import SamplingSettings
 
 
 def score_features(features, reference_features, reference_statistics, kid_subsets, seed):
@@ -87,7 +59,8 @@ def evaluate_model(
         model: A `DiffusionModel`.
         extractor: A `FeatureExtractor`.
         reference_images: `[N, H, W, C]` in [0, 1]: the reference split.
-        settings: `SamplerSetting`s to score.
+        settings: `SamplingSettings` to score (their seed and guidance
+            scale are replaced by `seed` and `guidance_scales`).
         num_samples: Samples per setting (FID depends on it; say it).
         floor_images: Real images in [0, 1] other than the reference ones
             (e.g. the train split); `num_samples` of them are scored the same
@@ -111,10 +84,10 @@ def evaluate_model(
         with a classifier also `agreement_per_class` (class name -> share).
     """
     if num_samples < 2:
-        raise ValueError(f"`num_samples` must be >= 2. Received: num_samples={num_samples}")
+        raise ConfigError(f"`num_samples` must be >= 2. Received: num_samples={num_samples}")
     if model.num_classes is None:
         if guidance_scales is not None or classifier is not None:
-            raise ValueError(
+            raise ConfigError(
                 "Guidance scales and class agreement need a class-conditional model. "
                 f"Received: guidance_scales={guidance_scales!r} for an unconditional model"
             )
@@ -127,7 +100,7 @@ def evaluate_model(
     rows = []
     if floor_images is not None:
         if len(floor_images) < num_samples:
-            raise ValueError(
+            raise ConfigError(
                 f"The floor needs {num_samples} real images. Received: {len(floor_images)}"
             )
         start = time.perf_counter()
@@ -148,15 +121,10 @@ def evaluate_model(
     for setting in settings:
         for guidance_scale in guidance_scales:
             start = time.perf_counter()
-            images = model.generate(
-                num_samples,
-                steps=setting.steps,
-                sampler=setting.sampler,
-                eta=setting.eta,
-                seed=seed,
-                labels=labels,
-                guidance_scale=1.0 if guidance_scale is None else guidance_scale,
+            row_settings = dataclasses.replace(
+                setting, seed=seed, guidance_scale=1.0 if guidance_scale is None else guidance_scale
             )
+            images = model.pipeline(num_samples, row_settings, labels)
             scores = score_features(
                 extractor(images), reference_features, reference_statistics, kid_subsets, seed
             )
@@ -168,7 +136,8 @@ def evaluate_model(
                     "agreement_per_class": _per_class_shares(correct, labels, model.class_names),
                 }
             rows.append(
-                {"source": "model", **dataclasses.asdict(setting), "guidance_scale": guidance_scale}
+                {"source": "model", "sampler": setting.sampler, "steps": setting.steps}
+                | {"eta": setting.eta, "guidance_scale": guidance_scale}
                 | {"num_samples": num_samples, **scores, **agreement}
                 | {"seconds": time.perf_counter() - start}
             )
@@ -188,7 +157,7 @@ def classify(classifier, images, num_classes):
     """The class ids a classifier gives images in [0, 1] (it takes [-1, 1])."""
     logits = classifier.predict(images * 2.0 - 1.0, batch_size=256, verbose=0)
     if logits.shape[-1] != num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"The classifier has {logits.shape[-1]} classes, the model {num_classes}. "
             f"Received: classifier={getattr(classifier, 'name', classifier)!r}"
         )
@@ -198,7 +167,7 @@ def classify(classifier, images, num_classes):
 def _row_label(row):
     if row["source"] == "real":
         return "real images (floor)"
-    label = SamplerSetting(row["sampler"], row["steps"], row["eta"]).label
+    label = SamplingSettings(row["sampler"], row["steps"], row["eta"]).label
     if row.get("guidance_scale") is not None:
         label += f", guidance {row['guidance_scale']:g}"
     return label
@@ -270,16 +239,10 @@ def class_agreement(
         share), `per_class_samples` and the sampling settings.
     """
     if model.num_classes is None:
-        raise ValueError("`model` must be class-conditional. Received: an unconditional model")
+        raise ConfigError("`model` must be class-conditional. Received: an unconditional model")
     labels = np.repeat(np.arange(model.num_classes), per_class)
-    images = model.generate(
-        len(labels),
-        steps=steps,
-        sampler=sampler,
-        seed=seed,
-        labels=labels,
-        guidance_scale=guidance_scale,
-    )
+    settings = SamplingSettings(sampler, steps, guidance_scale=guidance_scale, seed=seed)
+    images = model.pipeline(len(labels), settings, labels)
     correct = classify(classifier, images, model.num_classes) == labels
     return {
         "agreement": float(np.mean(correct)),

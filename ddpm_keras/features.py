@@ -25,6 +25,7 @@ import keras
 import numpy as np
 
 from ddpm_keras.data import DataUnavailableError
+from ddpm_keras.errors import ConfigError
 
 ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 FMNIST_WEIGHTS = os.path.join(ASSETS_DIR, "fmnist_classifier.weights.h5")
@@ -35,7 +36,7 @@ EXTRACTORS = ("fmnist", "inception")
 def fmnist_reference_path(split):
     """The committed feature statistics of a Fashion-MNIST split ("train" or "test")."""
     if split not in ("train", "test"):
-        raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")
+        raise ConfigError(f"`split` must be 'train' or 'test'. Received: split={split!r}")
     return os.path.join(ASSETS_DIR, f"fmnist_{split}_statistics.npz")
 
 
@@ -72,7 +73,7 @@ class FeatureExtractor:
 
     def __init__(self, model, name, batch_size=256):
         if batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
+            raise ConfigError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
         self.model = model
         self.name = name
         self.batch_size = batch_size
@@ -83,13 +84,13 @@ class FeatureExtractor:
         """Features of `[N, H, W, C]` images in [0, 1], float64 `[N, feature_dim]`."""
         images = np.asarray(images, dtype=np.float32)
         if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(
+            raise ConfigError(
                 f"Images must be [N, {', '.join(map(str, self.image_shape))}] for the "
                 f"'{self.name}' extractor. Received: images.shape={images.shape}"
             )
         # A [-1, 1] array passed by mistake would score as garbage, silently.
         if images.size and (images.min() < -1e-3 or images.max() > 1 + 1e-3):
-            raise ValueError(
+            raise ConfigError(
                 "Images must be in [0, 1] (what `DiffusionModel.generate` returns). "
                 f"Received: values in [{images.min():.3f}, {images.max():.3f}]"
             )
@@ -183,11 +184,11 @@ def get_feature_extractor(name="fmnist", image_shape=(28, 28, 1), inception_weig
     """An extractor by name: "fmnist" (default) or "inception"."""
     if name == "fmnist":
         if tuple(image_shape) != (28, 28, 1):
-            raise ValueError(
+            raise ConfigError(
                 "The 'fmnist' extractor scores 28x28 grey images. Use 'inception' for "
                 f"other data. Received: image_shape={tuple(image_shape)}"
             )
         return fmnist_extractor()
     if name == "inception":
         return inception_extractor(image_shape, inception_weights)
-    raise ValueError(f"`extractor` must be one of {EXTRACTORS}. Received: extractor={name!r}")
+    raise ConfigError(f"`extractor` must be one of {EXTRACTORS}. Received: extractor={name!r}")

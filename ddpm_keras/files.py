@@ -14,22 +14,24 @@ import tempfile
 
 import numpy as np
 
+from ddpm_keras.errors import ConfigError
+
 
 def ensure_writable_dir(path):
     """Creates `path` if needed and checks that files can be written in it.
 
     Raises:
-        ValueError: `path` is a file, or cannot be created or written to.
+        ConfigError: `path` is a file, or cannot be created or written to.
     """
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"The output directory is a file. Received: output_dir={path!r}")
+        raise ConfigError(f"The output directory is a file. Received: output_dir={path!r}")
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
-        raise ValueError(
+        raise ConfigError(
             f"The output directory is not writable ({error.strerror}). "
             f"Received: output_dir={path!r}"
         ) from error
@@ -83,7 +85,7 @@ def write_text(path, text):
 def save_model(model, path):
     """`model.save(path)`, atomically. `path` must end in `.keras`."""
     if not os.fspath(path).endswith(".keras"):
-        raise ValueError(f"A model path must end in '.keras'. Received: path={path!r}")
+        raise ConfigError(f"A model path must end in '.keras'. Received: path={path!r}")
     with atomic_path(path) as temporary:
         model.save(temporary)
 
@@ -91,7 +93,7 @@ def save_model(model, path):
 def save_model_weights(model, path):
     """`model.save_weights(path)`, atomically. `path` must end in `.weights.h5`."""
     if not os.fspath(path).endswith(".weights.h5"):
-        raise ValueError(f"A weights path must end in '.weights.h5'. Received: path={path!r}")
+        raise ConfigError(f"A weights path must end in '.weights.h5'. Received: path={path!r}")
     with atomic_path(path) as temporary:
         model.save_weights(temporary)
 
@@ -143,11 +145,11 @@ def _grid_font(size):
 def _checked_images(images):
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(
+        raise ConfigError(
             f"Images must be [N, H, W, C] with C = 1 or 3. Received: images.shape={images.shape}"
         )
     if images.shape[0] == 0:
-        raise ValueError(f"`images` must not be empty. Received: images.shape={images.shape}")
+        raise ConfigError(f"`images` must not be empty. Received: images.shape={images.shape}")
     return images
 
 
@@ -175,7 +177,7 @@ def save_image_grid(images, path, title=None, columns=None, row_labels=None):
     columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
     if row_labels is not None and len(row_labels) != rows:
-        raise ValueError(
+        raise ConfigError(
             f"`row_labels` must have one entry per row ({rows}). Received: row_labels={row_labels!r}"
         )
     scale = grid_scale(height, width)
@@ -250,7 +252,7 @@ def tile_images(images, columns=None, padding=0, scale=1, pad_value=0):
     """
     images = _checked_images(images)
     if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
-        raise ValueError(f"`scale` must be an integer >= 1. Received: scale={scale!r}")
+        raise ConfigError(f"`scale` must be an integer >= 1. Received: scale={scale!r}")
     count, height, width, channels = images.shape
     height, width = height * scale, width * scale
     columns = columns or math.ceil(math.sqrt(count))
@@ -283,9 +285,9 @@ def save_gif(frames, path, frame_ms=80, last_frame_ms=1500, scale=3):
     from PIL import Image
 
     if not os.fspath(path).endswith(".gif"):
-        raise ValueError(f"A GIF path must end in '.gif'. Received: path={path!r}")
+        raise ConfigError(f"A GIF path must end in '.gif'. Received: path={path!r}")
     if not frames:
-        raise ValueError("`frames` must not be empty. Received: frames=[]")
+        raise ConfigError("`frames` must not be empty. Received: frames=[]")
     pictures = []
     for frame in frames:
         frame = np.repeat(np.repeat(np.asarray(frame), scale, axis=0), scale, axis=1)

@@ -11,6 +11,8 @@ import dataclasses
 
 import numpy as np
 
+from ddpm_keras.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class FeatureStatistics:
@@ -58,11 +60,11 @@ class FeatureStatistics:
 def _as_feature_matrix(features, name):
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or len(features) < 2:
-        raise ValueError(
+        raise ConfigError(
             f"`{name}` must be a [N, D] matrix with N >= 2. Received: {name}.shape={features.shape}"
         )
     if not np.all(np.isfinite(features)):
-        raise ValueError(f"`{name}` contains NaN or infinite values.")
+        raise ConfigError(f"`{name}` contains NaN or infinite values.")
     return features
 
 
@@ -95,7 +97,7 @@ def frechet_distance_from_statistics(stats_a, stats_b):
         The squared Fréchet distance, a float >= 0.
     """
     if stats_a.mean.shape != stats_b.mean.shape:
-        raise ValueError(
+        raise ConfigError(
             "Both sets need features of the same dimension. Received: dimensions "
             f"{stats_a.mean.shape[0]} and {stats_b.mean.shape[0]}"
         )
@@ -155,12 +157,12 @@ def kernel_inception_distance(features_a, features_b, num_subsets=100, subset_si
     features_a = _as_feature_matrix(features_a, "features_a")
     features_b = _as_feature_matrix(features_b, "features_b")
     if features_a.shape[1] != features_b.shape[1]:
-        raise ValueError(
+        raise ConfigError(
             "Both sets need features of the same dimension. Received: dimensions "
             f"{features_a.shape[1]} and {features_b.shape[1]}"
         )
     if num_subsets < 1 or subset_size < 2:
-        raise ValueError(
+        raise ConfigError(
             "`num_subsets` must be >= 1 and `subset_size` >= 2. "
             f"Received: num_subsets={num_subsets}, subset_size={subset_size}"
         )

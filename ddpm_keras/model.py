@@ -7,47 +7,16 @@ Users drive it the Keras way: `compile(optimizer=...)`, `fit`, `evaluate`,
 from __future__ import annotations
 
 import copy
-import functools
-import math
 import os
 import zipfile
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from ddpm_keras.config import DEFAULT_GUIDANCE_SCALE
-from ddpm_keras.samplers import get_sampler
-from ddpm_keras.sampling_loop import reverse_step, sample_loop
-from ddpm_keras.schedule import NoiseSchedule, check_prediction
-
-# Initial noise and per-step noise use distinct stateless seed streams.
-_INITIAL_NOISE_STREAM = -1
-
-
-class _SamplingFunction:
-    """What `DiffusionModel` compiles for sampling: the whole loop or one step.
-
-    A callable object rather than a closure: TensorFlow's retracing warning
-    counts traces per Python code object, so closures made for different
-    samplers would share one count and warn about tracing that is intended
-    (one graph per sampler configuration).
-    """
-
-    def __init__(self, model, kind, sampler, guidance_scale):
-        self.model, self.kind, self.sampler = model, kind, sampler
-        self.guidance_scale = guidance_scale
-
-    def __call__(self, *args):
-        *args, labels = args
-        denoise = functools.partial(
-            self.model._denoise, labels=labels, guidance_scale=self.guidance_scale
-        )
-        if self.kind == "loop":
-            initial_noises, seed = args
-            return sample_loop(denoise, self.sampler, initial_noises, seed)
-        index, samples, state, seed = args
-        return reverse_step(denoise, self.sampler, index, samples, state, seed)
+from ddpm_keras.config import DEFAULT_GUIDANCE_SCALE, check_field
+from ddpm_keras.errors import ConfigError, MissingFileError
+from ddpm_keras.pipeline import SamplingPipeline, SamplingSettings, label_ids
+from ddpm_keras.schedule import NoiseSchedule
 
 
 @keras.saving.register_keras_serializable(package="ddpm_keras")
@@ -94,39 +63,30 @@ class DiffusionModel(keras.Model):
     ):
         super().__init__(**kwargs)
         if not isinstance(network, keras.Model):
-            raise ValueError(f"`network` must be a keras.Model. Received: network={network!r}")
+            raise ConfigError(f"`network` must be a keras.Model. Received: network={network!r}")
         if not isinstance(schedule, NoiseSchedule):
-            raise ValueError(f"`schedule` must be a NoiseSchedule. Received: schedule={schedule!r}")
-        if isinstance(ema_decay, bool) or not 0.0 <= ema_decay <= 1.0:
-            raise ValueError(f"`ema_decay` must be in [0, 1]. Received: ema_decay={ema_decay!r}")
-        check_prediction(prediction)
-        if min_snr_gamma is not None and (
-            isinstance(min_snr_gamma, bool)
-            or not isinstance(min_snr_gamma, (int, float))
-            or not min_snr_gamma > 0
-        ):
-            raise ValueError(
-                f"`min_snr_gamma` must be a number > 0 or None. Received: "
-                f"min_snr_gamma={min_snr_gamma!r}"
+            raise ConfigError(
+                f"`schedule` must be a NoiseSchedule. Received: schedule={schedule!r}"
             )
-        if isinstance(label_dropout, bool) or not (
-            isinstance(label_dropout, (int, float)) and 0.0 <= label_dropout <= 1.0
+        for name, value in (
+            ("ema_decay", ema_decay),
+            ("prediction", prediction),
+            ("min_snr_gamma", min_snr_gamma),
+            ("label_dropout", label_dropout),
         ):
-            raise ValueError(
-                f"`label_dropout` must be in [0, 1]. Received: label_dropout={label_dropout!r}"
-            )
+            check_field(name, value)
         conditional = len(network.inputs) == 3
         if class_names is not None:
             class_names = list(class_names)
             if not class_names or not all(isinstance(n, str) and n for n in class_names):
-                raise ValueError(
+                raise ConfigError(
                     "`class_names` must be a non-empty list of non-empty strings. "
                     f"Received: class_names={class_names!r}"
                 )
         if conditional != (class_names is not None) or (
             conditional and network.get_layer("label_embedding").input_dim != len(class_names) + 1
         ):
-            raise ValueError(
+            raise ConfigError(
                 "`class_names` must name the classes of a class-conditional network "
                 "(one per label; the network's label embedding has one more row, for "
                 "'no label'), and be None for an unconditional one. Received: "
@@ -135,7 +95,7 @@ class DiffusionModel(keras.Model):
             )
         image_shape = tuple(network.inputs[0].shape[1:])
         if None in image_shape or len(image_shape) != 3:
-            raise ValueError(
+            raise ConfigError(
                 "`network` must take images of a fixed (height, width, channels) "
                 f"shape. Received: network input shape={image_shape}"
             )
@@ -153,7 +113,7 @@ class DiffusionModel(keras.Model):
         if not isinstance(ema_network, keras.Model) or [
             tuple(w.shape) for w in ema_network.weights
         ] != [tuple(w.shape) for w in network.weights]:
-            raise ValueError(
+            raise ConfigError(
                 "`ema_network` must be a copy of `network` (same weights and shapes). "
                 f"Received: ema_network={ema_network!r}"
             )
@@ -161,7 +121,7 @@ class DiffusionModel(keras.Model):
         ema_network.trainable = False
         self.ema_network = ema_network
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self._sample_functions = {}
+        self._pipeline = None
         # The networks are functional and already built; building here keeps
         # `fit` under a distribution strategy from tracing a symbolic build.
         self.built = True
@@ -197,14 +157,14 @@ class DiffusionModel(keras.Model):
             images, labels = images["image"], images.get("label", labels)
         shape = tuple(images.shape[1:])
         if shape != self.image_shape:
-            raise ValueError(
+            raise ConfigError(
                 f"Images must have shape (batch, {', '.join(map(str, self.image_shape))}) "
                 f"to match the network. Received: images.shape={tuple(images.shape)}"
             )
         if self.num_classes is None:
             return tf.cast(images, "float32"), None
         if labels is None:
-            raise ValueError(
+            raise ConfigError(
                 "A class-conditional model trains on (images, labels) batches. "
                 "Received: images without labels"
             )
@@ -315,90 +275,16 @@ class DiffusionModel(keras.Model):
 
     # Sampling -------------------------------------------------------------
 
-    def _denoise(self, samples, timesteps, labels=None, guidance_scale=1.0):
-        """The EMA network's output, with classifier-free guidance for labelled samples.
-
-        Guidance mixes the conditional and unconditional ("no label")
-        outputs: out = uncond + guidance_scale * (cond - uncond), so 0 is the
-        unconditional model, 1 the conditional one and > 1 pushes samples
-        further toward their class (Ho & Salimans 2022, eq. 6, with w + 1
-        as the scale).
-        """
-        network = self.ema_network
-        if labels is None:
-            return network([samples, timesteps], training=False)
-        if guidance_scale == 1.0:
-            return network([samples, timesteps, labels], training=False)
-        no_labels = tf.fill(tf.shape(labels), self.num_classes)
-        if guidance_scale == 0.0:
-            return network([samples, timesteps, no_labels], training=False)
-        # One network call on the doubled batch: conditional, then unconditional.
-        outputs = network(
-            [
-                tf.concat([samples, samples], 0),
-                tf.concat([timesteps, timesteps], 0),
-                tf.concat([labels, no_labels], 0),
-            ],
-            training=False,
-        )
-        conditional, unconditional = tf.split(tf.cast(outputs, "float32"), 2)
-        return unconditional + guidance_scale * (conditional - unconditional)
-
-    def _compiled(self, kind, sampler, guidance_scale=1.0):
-        """One compiled graph per kind, sampler configuration and guidance scale."""
-        key = (
-            kind,
-            type(sampler).__name__,
-            sampler.num_steps,
-            getattr(sampler, "eta", None),
-            sampler.prediction,
-            guidance_scale,
-        )
-        if key not in self._sample_functions:
-            function = _SamplingFunction(self, kind, sampler, guidance_scale)
-            self._sample_functions[key] = tf.function(function, autograph=False)
-        return self._sample_functions[key]
+    @property
+    def pipeline(self):
+        """The `SamplingPipeline` of this model (created on first use, then reused)."""
+        if self._pipeline is None:
+            self._pipeline = SamplingPipeline(self)
+        return self._pipeline
 
     def label_ids(self, labels, num_images):
-        """Class ids `[num_images]` from ids or names (one, broadcast, or one per image).
-
-        Names match `class_names` ignoring case, with "_" for spaces
-        (e.g. "ankle_boot").
-        """
-        if self.num_classes is None:
-            raise ValueError(
-                f"This model is unconditional; it takes no labels. Received: labels={labels!r}"
-            )
-        single = isinstance(labels, (str, int, np.integer))
-        values = [labels] * num_images if single else list(np.asarray(labels).ravel())
-        if len(values) != num_images:
-            raise ValueError(
-                f"`labels` must be one label or one per image ({num_images}). "
-                f"Received: {len(values)} labels"
-            )
-        by_name = {name.lower().replace(" ", "_"): i for i, name in enumerate(self.class_names)}
-        ids = []
-        for value in values:
-            if isinstance(value, (str, np.str_)):
-                key = str(value).lower().replace(" ", "_")
-                if key not in by_name:
-                    raise ValueError(
-                        f"Unknown class name. Expected one of {self.class_names}. "
-                        f"Received: labels={value!r}"
-                    )
-                ids.append(by_name[key])
-            elif (
-                isinstance(value, (int, np.integer))
-                and not isinstance(value, bool)
-                and 0 <= value < self.num_classes
-            ):
-                ids.append(int(value))
-            else:
-                raise ValueError(
-                    f"A label must be a class name or an id in [0, {self.num_classes - 1}]. "
-                    f"Received: labels={value!r}"
-                )
-        return np.asarray(ids, np.int32)
+        """Class ids `[num_images]` from ids or names (see `pipeline.label_ids`)."""
+        return label_ids(self.class_names, labels, num_images)
 
     def generate(
         self,
@@ -412,79 +298,32 @@ class DiffusionModel(keras.Model):
         labels=None,
         guidance_scale=DEFAULT_GUIDANCE_SCALE,
     ):
-        """Samples images with the EMA weights.
+        """Samples images with the EMA weights (see `SamplingPipeline`).
 
         Args:
             num_images: How many images, >= 1.
-            steps: Denoising steps, 1..T. `None`: 50 for `"ddim"`, T for
-                `"ddpm"` (which always runs all T steps).
-            sampler: `"ddim"` or `"ddpm"` (ancestral).
+            steps: Denoising steps, 1..T. `None`: 50 for `"ddim"`, 20 for
+                `"dpmpp_2m"`, T for `"ddpm"` (which always runs all T steps).
+            sampler: `"ddim"`, `"ddpm"` (ancestral) or `"dpmpp_2m"`.
             eta: DDIM noise level in [0, 1].
             seed: Integer seed; the same seed gives the same images. `None`
                 draws a fresh one.
             batch_size: Images per sampling batch.
-            callback: `None` runs each batch as one compiled loop. Otherwise
-                the loop runs step by step (same result) and calls
-                `callback(batch_index, step_index, samples)` after each step
-                with the batch's current x_t as a NumPy array in about
-                [-1, 1]: for progress bars and frames of the reverse process.
+            callback: `callback(batch_index, step_index, samples)` after
+                every step, for progress bars and frames (`None`: one
+                compiled loop per batch; same images).
             labels: Class-conditional models only: a class name or id for
-                all images, or one per image (see `label_ids`). `None`
-                samples the unconditional model.
-            guidance_scale: Classifier-free guidance for labelled samples,
-                >= 0: 0 is unconditional, 1 conditional without guidance,
-                larger values follow the label more closely (default 3,
-                where FID was lowest for Fashion-MNIST; see README).
+                all images, or one per image. `None` samples the
+                unconditional model.
+            guidance_scale: Classifier-free guidance of labelled samples,
+                >= 0 (default 3, the lowest FID of the Fashion-MNIST sweep
+                in docs/guidance.md).
 
         Returns:
             NumPy float32 array `[num_images, H, W, C]` in [0, 1].
         """
-        for name, value in (("num_images", num_images), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
-        sampler = get_sampler(sampler, self.schedule, steps, eta, self.prediction)
-        if (
-            isinstance(guidance_scale, bool)
-            or not isinstance(guidance_scale, (int, float))
-            or not 0.0 <= guidance_scale < math.inf
-        ):
-            raise ValueError(
-                f"`guidance_scale` must be a number >= 0. Received: guidance_scale={guidance_scale!r}"
-            )
-        guidance_scale = float(guidance_scale)
-        if labels is not None:
-            labels = self.label_ids(labels, num_images)
-        elif self.num_classes is not None:
-            # Unconditional samples of a conditional model: the "no label" id.
-            labels = np.full(num_images, self.num_classes, np.int32)
-            guidance_scale = 1.0
-        if seed is None:
-            seed = int(np.random.default_rng().integers(0, 2**31 - 1))
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"`seed` must be an integer >= 0. Received: seed={seed!r}")
-        sample = self._compiled("loop", sampler, guidance_scale)
-        step = None if callback is None else self._compiled("step", sampler, guidance_scale)
-        batches = []
-        for batch_index, start in enumerate(range(0, num_images, batch_size)):
-            count = min(batch_size, num_images - start)
-            # One stateless seed stream per batch: results depend only on seed.
-            batch_seed = tf.constant(int(seed) * 1_000_003 + batch_index, tf.int64)
-            initial_noises = tf.random.stateless_normal(
-                (count,) + self.image_shape,
-                seed=tf.stack([batch_seed, tf.constant(_INITIAL_NOISE_STREAM, tf.int64)]),
-            )
-            batch_labels = None if labels is None else tf.constant(labels[start : start + count])
-            if step is None:
-                batches.append(sample(initial_noises, batch_seed, batch_labels).numpy())
-                continue
-            samples, state = initial_noises, sampler.initial_state(initial_noises)
-            for index in range(sampler.num_steps):
-                index = tf.constant(index, tf.int32)
-                samples, state = step(index, samples, state, batch_seed, batch_labels)
-                callback(batch_index, int(index), samples.numpy())
-            batches.append(samples.numpy())
-        images = np.concatenate(batches, axis=0)
-        return np.clip((images + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
+        settings = SamplingSettings(sampler, steps, eta, guidance_scale, seed)
+        return self.pipeline(num_images, settings, labels, batch_size, callback)
 
     # Serialization --------------------------------------------------------
 
@@ -524,7 +363,7 @@ def build_model(config, image_shape, class_names=None):
             `config.class_conditional` (see `data.class_names`), else unused.
     """
     if config.class_conditional and not class_names:
-        raise ValueError(
+        raise ConfigError(
             "A class-conditional model needs the dataset's class names. "
             f"Received: class_names={class_names!r}"
         )
@@ -560,25 +399,25 @@ def load_diffusion_model(path):
     """Loads a saved `DiffusionModel` (`.keras`) with a clear error on bad files.
 
     Raises:
-        FileNotFoundError: `path` does not exist.
-        ValueError: `path` is not a readable `.keras` file of a DiffusionModel.
+        MissingFileError: `path` does not exist (a `FileNotFoundError`).
+        ConfigError: `path` is not a readable `.keras` file of a DiffusionModel.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No saved model at this path. Received: path={path!r}")
+        raise MissingFileError(f"No saved model at this path. Received: path={path!r}")
     if not path.endswith(".keras") or not zipfile.is_zipfile(path):
-        raise ValueError(
+        raise ConfigError(
             "Expected a `.keras` file written by `model.save`; this one is not "
             f"a valid Keras archive (truncated or foreign?). Received: path={path!r}"
         )
     try:
         model = keras.models.load_model(path)
     except Exception as error:  # Keras raises many types for broken archives.
-        raise ValueError(
+        raise ConfigError(
             f"Could not load the model: {type(error).__name__}: {error}. Received: path={path!r}"
         ) from error
     if not isinstance(model, DiffusionModel):
-        raise ValueError(
+        raise ConfigError(
             "The file holds a Keras model, but not a DiffusionModel. "
             f"Received: path={path!r} ({type(model).__name__})"
         )

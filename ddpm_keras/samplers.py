@@ -16,21 +16,9 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
-from ddpm_keras.config import SAMPLERS as SAMPLER_NAMES
-from ddpm_keras.schedule import NoiseSchedule, check_prediction
-
-
-def check_steps(value, timesteps, name="num_steps"):
-    """Raises `ValueError` unless `value` is an integer in [1, timesteps]."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or not 1 <= value <= timesteps
-    ):
-        raise ValueError(
-            f"`{name}` must be an integer in [1, {timesteps}] (the schedule's T). "
-            f"Received: {name}={value!r}"
-        )
+from ddpm_keras.config import check_eta, check_field, check_steps
+from ddpm_keras.errors import ConfigError
+from ddpm_keras.schedule import NoiseSchedule
 
 
 def _take(table, index):
@@ -52,9 +40,11 @@ class Sampler:
 
     def __init__(self, schedule, num_steps, clip_denoised=True, prediction="epsilon"):
         if not isinstance(schedule, NoiseSchedule):
-            raise ValueError(f"`schedule` must be a NoiseSchedule. Received: schedule={schedule!r}")
+            raise ConfigError(
+                f"`schedule` must be a NoiseSchedule. Received: schedule={schedule!r}"
+            )
         check_steps(num_steps, schedule.timesteps)
-        check_prediction(prediction)
+        check_field("prediction", prediction)
         self.schedule = schedule
         self.num_steps = int(num_steps)
         self.clip_denoised = clip_denoised
@@ -66,6 +56,14 @@ class Sampler:
         if self.clip_denoised:
             pred_x0 = ops.clip(pred_x0, -1.0, 1.0)
         return pred_x0
+
+    def get_config(self):
+        """The arguments that define this sampler's steps (the schedule aside)."""
+        return {
+            "num_steps": self.num_steps,
+            "clip_denoised": self.clip_denoised,
+            "prediction": self.prediction,
+        }
 
     def initial_state(self, sample):
         """Tensors carried from one step to the next (none for one-step rules)."""
@@ -87,7 +85,7 @@ class DDPMSampler(Sampler):
     def __init__(self, schedule, num_steps=None, clip_denoised=True, prediction="epsilon"):
         num_steps = schedule.timesteps if num_steps is None else num_steps
         if num_steps != schedule.timesteps:
-            raise ValueError(
+            raise ConfigError(
                 "The 'ddpm' sampler runs all T steps of the schedule; use 'ddim' "
                 f"for fewer. Received: num_steps={num_steps} with "
                 f"T={schedule.timesteps}"
@@ -122,8 +120,7 @@ class DDIMSampler(Sampler):
 
     def __init__(self, schedule, num_steps=50, eta=0.0, clip_denoised=True, prediction="epsilon"):
         super().__init__(schedule, num_steps, clip_denoised, prediction)
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (0.0 <= eta <= 1.0):
-            raise ValueError(f"`eta` must be in [0, 1]. Received: eta={eta!r}")
+        check_field("eta", eta)
         self.eta = float(eta)
         self.uses_noise = self.eta > 0.0
         self.timesteps = timesteps = spaced_timesteps(schedule.timesteps, self.num_steps)
@@ -136,6 +133,9 @@ class DDIMSampler(Sampler):
             * np.sqrt((1.0 - self._alpha_bar_prev) / (1.0 - self._alpha_bar))
             * np.sqrt(1.0 - self._alpha_bar / self._alpha_bar_prev)
         )
+
+    def get_config(self):
+        return {**super().get_config(), "eta": self.eta}
 
     def step(self, model_output, index, sample, noise, state=()):
         t = ops.cast(ops.expand_dims(_take(self.timesteps, index), 0), "int32")
@@ -234,16 +234,10 @@ def get_sampler(name, schedule, steps=None, eta=0.0, prediction="epsilon"):
         eta: DDIM's eta in [0, 1]; must be 0 (the default) for the others.
         prediction: What the network outputs: `"epsilon"`, `"x0"` or `"v"`.
     """
-    if name not in SAMPLER_NAMES:
-        raise ValueError(
-            f"Unknown sampler. Expected one of {list(SAMPLER_NAMES)}. Received: sampler={name!r}"
-        )
+    check_field("sampler", name)
     if steps is not None:
         check_steps(steps, schedule.timesteps, name="steps")
-    if name != "ddim" and eta != 0.0:
-        raise ValueError(
-            f"`eta` applies to the 'ddim' sampler only. Received: eta={eta!r} with sampler={name!r}"
-        )
+    check_eta(eta, name)
     if name == "ddim":
         return DDIMSampler(schedule, 50 if steps is None else steps, eta, prediction=prediction)
     if name == "dpmpp_2m":

@@ -16,17 +16,7 @@ from keras import ops
 # What a network may predict: the noise "epsilon" (Ho et al. 2020), the clean
 # image "x0", or "v" = sqrt(alpha_bar) * eps - sqrt(1 - alpha_bar) * x_0
 # (Salimans & Ho 2022, section 4).
-from ddpm_keras.config import PREDICTIONS
-from ddpm_keras.config import SCHEDULES as SCHEDULE_NAMES
-
-
-def check_prediction(prediction):
-    """Raises `ValueError` unless `prediction` is one of `PREDICTIONS`."""
-    if prediction not in PREDICTIONS:
-        raise ValueError(
-            f"Unknown prediction target. Expected one of {list(PREDICTIONS)}. "
-            f"Received: prediction={prediction!r}"
-        )
+from ddpm_keras.config import check_field, fail
 
 
 def linear_betas(timesteps, beta_start=1e-4, beta_end=0.02):
@@ -72,22 +62,14 @@ class NoiseSchedule:
         beta_end=0.02,
         cosine_s=0.008,
     ):
-        if name not in SCHEDULE_NAMES:
-            raise ValueError(
-                f"Unknown schedule name. Expected one of {list(SCHEDULE_NAMES)}. "
-                f"Received: name={name!r}"
-            )
-        if isinstance(timesteps, bool) or not isinstance(timesteps, int):
-            raise ValueError(f"`timesteps` must be an integer. Received: timesteps={timesteps!r}")
-        if timesteps < 2:
-            raise ValueError(f"`timesteps` must be >= 2. Received: timesteps={timesteps}")
-        if not 0.0 < beta_start <= beta_end < 1.0:
-            raise ValueError(
-                "Betas must satisfy 0 < beta_start <= beta_end < 1. "
-                f"Received: beta_start={beta_start}, beta_end={beta_end}"
-            )
+        check_field("schedule", name)
+        check_field("timesteps", timesteps)
+        check_field("beta_start", beta_start)
+        check_field("beta_end", beta_end)
+        if beta_start > beta_end:
+            fail("beta_start", beta_start, f"must be <= beta_end ({beta_end})")
         if not cosine_s > 0.0:
-            raise ValueError(f"`cosine_s` must be > 0. Received: cosine_s={cosine_s}")
+            fail("cosine_s", cosine_s, "must be > 0")
         self.name = name
         self.timesteps = timesteps
         self.beta_start = beta_start
@@ -153,7 +135,7 @@ class NoiseSchedule:
         v = sqrt(a) eps - sqrt(1 - a) x_0 and x_t = sqrt(a) x_0 + sqrt(1 - a) eps,
         x_0 = sqrt(a) x_t - sqrt(1 - a) v (a = alpha_bar_t).
         """
-        check_prediction(prediction)
+        check_field("prediction", prediction)
         if prediction == "epsilon":
             return self.predict_x0_from_noise(x_t, t, model_output)
         if prediction == "x0":
@@ -165,7 +147,7 @@ class NoiseSchedule:
 
     def training_target(self, x_0, noise, t, prediction="epsilon"):
         """What a network of kind `prediction` should output for x_t = q_sample(x_0, t, noise)."""
-        check_prediction(prediction)
+        check_field("prediction", prediction)
         if prediction == "epsilon":
             return noise
         if prediction == "x0":

@@ -1,6 +1,7 @@
-"""The high-level API: `train(config)` and `generate_samples(config, ...)`.
+"""The training flow, `train(config)`, its building blocks, and `generate_samples`.
 
-`train` is the same compile/fit flow as `scripts/train.py`, as one call.
+`scripts/train.py` spells out the same building blocks (`start_run`,
+`build_optimizer`, `steps_per_epoch`, `save_final_model`) as a script to copy.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from ddpm_keras.callbacks import default_callbacks
 from ddpm_keras.config import DiffusionConfig
 from ddpm_keras.data import class_names, load_dataset
 from ddpm_keras.distribute import check_jit_compile, is_chief, make_strategy
+from ddpm_keras.errors import ConfigError
 from ddpm_keras.files import ensure_writable_dir, save_image_grid, save_model, write_json
 from ddpm_keras.model import build_model, load_diffusion_model
+from ddpm_keras.pipeline import SamplingSettings
 
 
 def start_run(config: DiffusionConfig, strategy=None):
@@ -45,7 +48,7 @@ def steps_per_epoch(train_ds) -> int:
     """Batches in one epoch of a finite training dataset (from its cardinality)."""
     cardinality = int(train_ds.cardinality())
     if cardinality < 1:
-        raise ValueError(
+        raise ConfigError(
             "The training dataset must be finite with a known number of batches, to "
             f"schedule the learning rate. Received: cardinality={cardinality}"
         )
@@ -64,13 +67,13 @@ def learning_rate_schedule(config: DiffusionConfig, steps_per_epoch: int | None 
     if config.learning_rate_schedule == "constant" and config.warmup_steps == 0:
         return config.learning_rate
     if steps_per_epoch is None:
-        raise ValueError(
+        raise ConfigError(
             "`steps_per_epoch` is needed for a warm-up or a 'cosine' learning-rate "
             f"schedule. Received: steps_per_epoch={steps_per_epoch}"
         )
     decay_steps = config.epochs * steps_per_epoch - config.warmup_steps
     if decay_steps < 1:
-        raise ValueError(
+        raise ConfigError(
             f"`warmup_steps` must be shorter than the run ({config.epochs} epochs x "
             f"{steps_per_epoch} steps). Received: warmup_steps={config.warmup_steps}"
         )
@@ -97,21 +100,32 @@ def build_optimizer(config: DiffusionConfig, steps_per_epoch: int | None = None)
     )
 
 
-def train(config: DiffusionConfig, callbacks=()) -> dict:
+def save_final_model(model, config: DiffusionConfig, strategy) -> None:
+    """Writes `model.keras` (EMA weights included), on the chief only."""
+    if is_chief(strategy):
+        save_model(model, config.model_path)
+
+
+def train(config: DiffusionConfig, callbacks=(), strategy=None) -> dict:
     """Trains a `DiffusionModel` as `config` says and saves its artifacts.
 
-    Writes `checkpoints/`, `samples/`, `metrics.json`, `ddpm_samples.png` and
-    `model.keras` (EMA weights included) under `config.output_dir`. Re-running
-    after an interruption resumes from the last completed epoch.
+    The same steps as `scripts/train.py`: start the run, load the data, build
+    and compile the model under the strategy, `fit` with the default
+    callbacks and `callbacks`, save. Writes `config.json`, `checkpoints/`,
+    `backup/`, `samples/`, `metrics.json`, `history.csv`, `ddpm_samples.png`
+    and `model.keras` (EMA weights included) under `config.output_dir`.
+    Re-running after an interruption resumes from the last completed epoch.
 
     Args:
         config: A `DiffusionConfig`.
         callbacks: Extra Keras callbacks, run after the default ones.
+        strategy: The `tf.distribute.Strategy` to train under (`None`: the
+            one `config.strategy` names, see `make_strategy`).
 
     Returns:
         The Keras history dict: metric name -> list of per-epoch values.
     """
-    strategy = start_run(config)
+    strategy = start_run(config, strategy)
     train_ds, val_ds, image_shape = load_dataset(config)
     with strategy.scope():
         model = build_model(config, image_shape, class_names(config))
@@ -123,44 +137,29 @@ def train(config: DiffusionConfig, callbacks=()) -> dict:
         epochs=config.epochs,
         callbacks=default_callbacks(config, strategy) + list(callbacks),
     )
-    if is_chief(strategy):
-        save_model(model, config.model_path)
+    save_final_model(model, config, strategy)
     return history.history
 
 
 def generate_samples(
-    config: DiffusionConfig,
-    num_images=36,
-    output_path=None,
-    model_path=None,
-    steps=None,
-    sampler=None,
-    eta=None,
-    seed=None,
+    config: DiffusionConfig, num_images=36, output_path=None, model_path=None, **changes
 ):
     """Samples from a trained model and saves the grid.
 
     Args:
-        config: The `DiffusionConfig` of the run (for default paths and
-            sampler settings).
+        config: The `DiffusionConfig` of the run (default paths and the
+            sampling settings of its grids, `SamplingSettings.from_config`).
         num_images: Number of images.
         output_path: PNG path; default `config.samples_path`.
         model_path: `.keras` model; default `config.model_path`.
-        steps, sampler, eta, seed: Override the config's sampling settings.
+        **changes: `SamplingSettings` fields that replace the config's
+            (`sampler`, `steps`, `eta`, `guidance_scale`, `seed`).
 
     Returns:
         NumPy array `[num_images, H, W, C]` in [0, 1].
     """
-    sampler = sampler or config.sampler
-    if steps is None and sampler == "ddim":
-        steps = config.sample_steps
+    settings = SamplingSettings.from_config(config, **changes)
     model = load_diffusion_model(model_path or config.model_path)
-    images = model.generate(
-        num_images,
-        steps=steps,
-        sampler=sampler,
-        eta=config.eta if eta is None else eta,
-        seed=config.seed if seed is None else seed,
-    )
-    save_image_grid(images, output_path or config.samples_path, title=f"{sampler} samples")
+    images = model.pipeline(num_images, settings)
+    save_image_grid(images, output_path or config.samples_path, title=f"{settings.label} samples")
     return images

@@ -12,6 +12,8 @@ import math
 import keras
 from keras import layers, ops
 
+from ddpm_keras.errors import ConfigError
+
 
 def _sublayer_kwargs(parent):
     """Sublayers inherit the parent's dtype policy and `trainable` flag.
@@ -41,12 +43,12 @@ class GroupNorm(layers.GroupNormalization):
 
     def __init__(self, groups=32, axis=-1, **kwargs):
         if axis not in (-1, 3):
-            raise ValueError(f"GroupNorm normalizes channels-last inputs. Received: axis={axis}")
+            raise ConfigError(f"GroupNorm normalizes channels-last inputs. Received: axis={axis}")
         super().__init__(groups=groups, axis=-1, **kwargs)
 
     def build(self, input_shape):
         if len(input_shape) != 4:
-            raise ValueError(
+            raise ConfigError(
                 f"GroupNorm takes [B, H, W, C] inputs. Received: input_shape={input_shape}"
             )
         super().build(input_shape)
@@ -90,7 +92,7 @@ class SinusoidalEmbedding(layers.Layer):
     def __init__(self, dim, max_period=10_000, **kwargs):
         super().__init__(**kwargs)
         if dim < 2 or dim % 2:
-            raise ValueError(f"`dim` must be even and >= 2. Received: dim={dim}")
+            raise ConfigError(f"`dim` must be even and >= 2. Received: dim={dim}")
         self.dim = dim
         self.max_period = max_period
 
@@ -246,18 +248,18 @@ def build_unet(
     """
     image_shape = tuple(int(d) for d in image_shape)
     if len(image_shape) != 3 or min(image_shape) < 1:
-        raise ValueError(
+        raise ConfigError(
             "`image_shape` must be (height, width, channels) with positive "
             f"sizes. Received: image_shape={image_shape}"
         )
     if base_channels < 2 or base_channels % 2:
-        raise ValueError(
+        raise ConfigError(
             "`base_channels` must be even and >= 2 (it sizes the sinusoidal "
             f"timestep embedding). Received: base_channels={base_channels}"
         )
     factor = 2 ** (len(channel_multipliers) - 1)
     if image_shape[0] % factor or image_shape[1] % factor:
-        raise ValueError(
+        raise ConfigError(
             f"Image height and width must be divisible by {factor} for "
             f"{len(channel_multipliers)} UNet levels. "
             f"Received: image_shape={image_shape}, "
@@ -266,7 +268,7 @@ def build_unet(
     # The stem (base_channels) and every level feed a GroupNormalization.
     for multiplier in (1, *channel_multipliers):
         if (base_channels * multiplier) % norm_groups:
-            raise ValueError(
+            raise ConfigError(
                 "`norm_groups` must divide base_channels and every level's channels. "
                 f"Received: norm_groups={norm_groups}, "
                 f"base_channels={base_channels}, "
@@ -276,7 +278,7 @@ def build_unet(
     if num_classes is not None and (
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
     ):
-        raise ValueError(
+        raise ConfigError(
             f"`num_classes` must be an integer >= 1 or None. Received: num_classes={num_classes!r}"
         )
     noisy_images = keras.Input(shape=image_shape, name="noisy_images")

@@ -1,7 +1,8 @@
 """Train a DDPM the Keras way: flags -> config -> dataset -> model -> compile -> fit.
 
-Copy this script to start your own: add Keras callbacks to `callbacks`,
-swap the optimizer, change the config. Run `python scripts/train.py --help`.
+Copy this script to start your own: add Keras callbacks to `callbacks`, swap
+the optimizer, change the config. It is `ddpm_keras.train(config)` written
+out step by step. Run `python scripts/train.py --help`.
 """
 
 import os
@@ -10,25 +11,20 @@ import sys
 # Read when TensorFlow loads, so before `import keras` (see ddpm_keras/__init__.py).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-import keras
-
 from ddpm_keras.callbacks import default_callbacks
 from ddpm_keras.cli import config_from_args, train_parser, user_errors_exit
 from ddpm_keras.data import class_names, load_dataset
-from ddpm_keras.distribute import is_chief
-from ddpm_keras.files import save_model
 from ddpm_keras.model import build_model
-from ddpm_keras.training import build_optimizer, start_run, steps_per_epoch
+from ddpm_keras.training import build_optimizer, save_final_model, start_run, steps_per_epoch
 
 
 @user_errors_exit
 def main(argv=None):
     config = config_from_args(train_parser().parse_args(argv))
     print(f"Preset '{config.preset}', writing to {config.output_dir}")
-    # Creates the distribution strategy first (multi-worker needs that),
-    # checks the output dir, writes config.json and seeds.
+    # The distribution strategy comes first (multi-worker needs that); then
+    # the output dir is checked, config.json written and the seed set.
     strategy = start_run(config)
-
     train_ds, val_ds, image_shape = load_dataset(config)
     with strategy.scope():  # model, optimizer and metrics live on every replica
         # A class-conditional model keeps the dataset's label names.
@@ -36,15 +32,12 @@ def main(argv=None):
         # Adam with the config's learning-rate schedule (warm-up, cosine decay).
         optimizer = build_optimizer(config, steps_per_epoch(train_ds))
         model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
-
+    # Checkpoints, metrics.json, history.csv, sample grids, resume; your own
+    # Keras callbacks go after them, e.g. keras.callbacks.EarlyStopping(...).
     callbacks = default_callbacks(config, strategy)
-    if is_chief(strategy):  # in a multi-worker run, only the chief writes files
-        # Your own callbacks go here, e.g. keras.callbacks.TensorBoard(...).
-        callbacks.append(keras.callbacks.CSVLogger(f"{config.output_dir}/history.csv", append=True))
     model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks)
-    if is_chief(strategy):
-        save_model(model, config.model_path)  # final model, EMA weights included
-        print(f"Saved {config.model_path}, {config.samples_path}, {config.metrics_path}")
+    save_final_model(model, config, strategy)  # model.keras, EMA weights included
+    print(f"Saved {config.model_path}, {config.samples_path}, {config.metrics_path}")
     return 0
 
 

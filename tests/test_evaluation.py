@@ -8,7 +8,6 @@ import pytest
 
 from ddpm_keras.cli import evaluate_main
 from ddpm_keras.evaluation import (
-    SamplerSetting,
     class_agreement,
     classify,
     evaluate_model,
@@ -16,6 +15,7 @@ from ddpm_keras.evaluation import (
 )
 from ddpm_keras.features import FeatureExtractor
 from ddpm_keras.metrics import frechet_distance
+from ddpm_keras.pipeline import SamplingSettings
 
 from .conftest import (
     CLASS_NAMES,
@@ -28,19 +28,19 @@ from .conftest import (
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("ddim:50", SamplerSetting("ddim", 50, 0.0)),
-        ("ddim:20:0.5", SamplerSetting("ddim", 20, 0.5)),
-        ("ddpm:1000", SamplerSetting("ddpm", 1000, 0.0)),
+        ("ddim:50", SamplingSettings("ddim", 50, 0.0)),
+        ("ddim:20:0.5", SamplingSettings("ddim", 20, 0.5)),
+        ("ddpm:1000", SamplingSettings("ddpm", 1000, 0.0)),
     ],
 )
 def test_sampler_settings_parse(text, expected):
-    assert SamplerSetting.parse(text) == expected
+    assert SamplingSettings.parse(text) == expected
 
 
 @pytest.mark.parametrize("text", ["ddim", "ddim:x", "euler:10", "ddim:10:0.1:3"])
 def test_bad_sampler_settings_say_the_format(text):
     with pytest.raises(ValueError, match=rf"SAMPLER:STEPS\[:ETA\].*Received: '{text}'"):
-        SamplerSetting.parse(text)
+        SamplingSettings.parse(text)
 
 
 def toy_extractor():
@@ -58,7 +58,7 @@ def test_evaluate_model_scores_each_setting_and_the_real_floor(tiny_model):
     reference = rng.uniform(0, 1, (50, 8, 8, 1)).astype(np.float32)
     floor = rng.uniform(0, 1, (30, 8, 8, 1)).astype(np.float32)
     lines = []
-    settings = [SamplerSetting("ddim", 3), SamplerSetting("ddim", 3, 1.0)]
+    settings = [SamplingSettings("ddim", 3), SamplingSettings("ddim", 3, 1.0)]
     rows = evaluate_model(
         tiny_model,
         extractor,
@@ -107,7 +107,7 @@ def test_evaluate_model_scores_each_guidance_scale_of_a_conditional_model():
     model = build_tiny_conditional_model()
     randomize_weights(model.ema_network)
     reference = np.random.default_rng(0).uniform(0, 1, (50, 8, 8, 1)).astype(np.float32)
-    settings = [SamplerSetting("ddim", 3)]
+    settings = [SamplingSettings("ddim", 3)]
     extractor = toy_extractor()
     rows = evaluate_model(
         model,

@@ -13,7 +13,7 @@ from ddpm_keras.files import save_model
 from ddpm_keras.model import DiffusionModel, load_diffusion_model
 from ddpm_keras.schedule import NoiseSchedule
 
-from .conftest import CLASS_NAMES, REPO_ROOT, build_tiny_network, randomize_weights
+from .conftest import CLASS_NAMES, REPO_ROOT, build_tiny_network
 from .conftest import build_tiny_conditional_model as conditional_model
 from .fakes import ImageDerivedNoiseModel
 
@@ -76,61 +76,6 @@ def test_train_step_scales_loss_through_optimizer(tiny_model, images):
     tiny_model.compile(optimizer=RecordingAdam(1e-3), run_eagerly=True)
     tiny_model.fit(images[:4], batch_size=4, epochs=1, verbose=0)
     assert len(calls) == 1
-
-
-def test_generate_shape_range_and_seed(tiny_model):
-    first = tiny_model.generate(5, steps=4, seed=7, batch_size=2)
-    assert first.shape == (5, 8, 8, 1) and first.dtype == np.float32
-    assert first.min() >= 0.0 and first.max() <= 1.0
-    np.testing.assert_array_equal(first, tiny_model.generate(5, steps=4, seed=7, batch_size=2))
-    assert not np.array_equal(first, tiny_model.generate(5, steps=4, seed=8, batch_size=2))
-    stochastic = tiny_model.generate(3, steps=4, eta=1.0, seed=7)
-    np.testing.assert_array_equal(stochastic, tiny_model.generate(3, steps=4, eta=1.0, seed=7))
-    ancestral = tiny_model.generate(2, sampler="ddpm", seed=1)
-    assert ancestral.shape == (2, 8, 8, 1)
-
-
-def test_generate_reuses_one_graph_per_sampler(tiny_model):
-    tiny_model.generate(2, steps=3, seed=0)
-    tiny_model.generate(4, steps=3, seed=1)
-    tiny_model.generate(2, steps=5, seed=0)
-    assert len(tiny_model._sample_functions) == 2
-
-
-@pytest.mark.parametrize("sampler, steps", [("ddim", 4), ("dpmpp_2m", 4), ("ddim_eta", 3)])
-def test_step_by_step_generation_with_a_callback_gives_the_same_images(tiny_model, sampler, steps):
-    eta = 0.5 if sampler == "ddim_eta" else 0.0
-    sampler = sampler.removesuffix("_eta")
-    calls = []
-    expected = tiny_model.generate(5, steps=steps, sampler=sampler, eta=eta, seed=3, batch_size=3)
-    images = tiny_model.generate(
-        5,
-        steps=steps,
-        sampler=sampler,
-        eta=eta,
-        seed=3,
-        batch_size=3,
-        callback=lambda batch, step, samples: calls.append((batch, step, samples.shape[0])),
-    )
-    np.testing.assert_allclose(images, expected, atol=1e-5)
-    assert calls == [(b, i, n) for b, n in ((0, 3), (1, 2)) for i in range(steps)]
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"num_images": 0}, "num_images=0"),
-        ({"num_images": 2, "steps": 0}, "steps=0"),
-        ({"num_images": 2, "steps": 101}, "steps=101"),
-        ({"num_images": 2, "eta": 2.0}, "eta=2.0"),
-        ({"num_images": 2, "sampler": "plms"}, "sampler='plms'"),
-        ({"num_images": 2, "seed": -1}, "seed=-1"),
-        ({"num_images": 2, "batch_size": 0}, "batch_size=0"),
-    ],
-)
-def test_generate_rejects_bad_arguments(tiny_model, kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        tiny_model.generate(**kwargs)
 
 
 def test_wrong_image_shape_is_rejected(tiny_model):
@@ -258,16 +203,6 @@ def test_load_errors_are_clear(tiny_network, tmp_path):
     text.write_text("hello")
     with pytest.raises(ValueError, match="notes.keras"):
         load_diffusion_model(text)
-
-
-def test_generate_does_not_depend_on_autograph(tiny_model, monkeypatch):
-    """A long run once crashed at its first sample grid: AutoGraph re-read the
-    edited source of the sampling loop. The loop must not need its source."""
-    import linecache
-
-    monkeypatch.setattr(linecache, "getlines", lambda *args, **kwargs: [])
-    images = tiny_model.generate(2, steps=3, seed=0)
-    assert images.shape == (2, 8, 8, 1)
 
 
 def test_same_seed_same_losses_and_samples(images):
@@ -407,47 +342,6 @@ def test_label_dropout_replaces_labels_by_the_no_label_id():
     kept = dropped != 3
     assert np.all(dropped[kept] == labels.numpy()[kept])
     assert 0.08 < np.mean(~kept) < 0.12  # 4000 draws: 0.1 +- 3 standard deviations
-
-
-def test_guidance_mixes_conditional_and_unconditional_outputs():
-    model = conditional_model()
-    randomize_weights(model.ema_network)
-    rng = np.random.default_rng(1)
-    samples = tf.constant(rng.standard_normal((4, 8, 8, 1)), tf.float32)
-    timesteps = tf.constant([5, 50, 90, 99], tf.int32)
-    labels = tf.constant([0, 1, 2, 1], tf.int32)
-    conditional = model.ema_network([samples, timesteps, labels]).numpy()
-    unconditional = model.ema_network([samples, timesteps, tf.fill([4], 3)]).numpy()
-    assert np.abs(conditional - unconditional).max() > 0.1
-    for scale in (0.0, 1.0, 3.0):
-        guided = model._denoise(samples, timesteps, labels, guidance_scale=scale).numpy()
-        expected = unconditional + scale * (conditional - unconditional)
-        np.testing.assert_allclose(guided, expected, atol=1e-5)
-
-
-def test_guidance_scale_zero_reproduces_the_unconditional_sampler():
-    model = conditional_model()
-    randomize_weights(model.ema_network)
-    unconditional = model.generate(3, steps=4, seed=7)
-    for label in ("trouser", 1, [0, 2, 1]):
-        guided = model.generate(3, steps=4, seed=7, labels=label, guidance_scale=0.0)
-        np.testing.assert_array_equal(guided, unconditional)
-    conditional = model.generate(3, steps=4, seed=7, labels="ankle_boot")
-    assert np.abs(conditional - unconditional).max() > 0.05
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"labels": "sneaker"}, "labels='sneaker'"),
-        ({"labels": 3}, "labels=3"),
-        ({"labels": [0, 1]}, "Received: 2 labels"),
-        ({"labels": 0, "guidance_scale": -1.0}, "guidance_scale=-1.0"),
-    ],
-)
-def test_generate_rejects_bad_labels(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        conditional_model().generate(3, steps=2, **kwargs)
 
 
 def test_labels_and_class_names_must_fit_the_network(tiny_network, tiny_model):

@@ -1,5 +1,7 @@
 """Keras callbacks of ddpm_keras; ordinary Keras callbacks plug in beside them."""
 
+import dataclasses
+
 import keras
 
 from ddpm_keras.callbacks.checkpoints import ModelCheckpoints, backup_and_restore
@@ -8,14 +10,15 @@ from ddpm_keras.callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
 from ddpm_keras.callbacks.metrics import MetricsJSON
 from ddpm_keras.callbacks.samples import SampleGrid
 from ddpm_keras.distribute import is_chief, worker_backup_dir
+from ddpm_keras.pipeline import SamplingSettings
 
 
 def default_callbacks(config, strategy=None):
     """The callbacks a `DiffusionConfig` run uses, in order.
 
     The non-finite-loss guard, FID (with `config.fid_every`), checkpoints,
-    metrics and samples (and, with `config.tensorboard`,
-    `keras.callbacks.TensorBoard`), then
+    `metrics.json`, `history.csv` (`keras.callbacks.CSVLogger`) and sample
+    grids (and, with `config.tensorboard`, `keras.callbacks.TensorBoard`), then
     `BackupAndRestore` last: an epoch counts as done for a resumed run only
     once everything else has recorded it, so a kill between two callbacks
     makes the rerun repeat that epoch rather than skip its record.
@@ -40,13 +43,14 @@ def default_callbacks(config, strategy=None):
     callbacks += [
         checkpoints,
         MetricsJSON(config.metrics_path),
+        # append: a resumed run continues the file of the interrupted one.
+        keras.callbacks.CSVLogger(config.history_path, append=True),
         SampleGrid(
             config.samples_dir,
             final_path=config.samples_path,
             every=config.sample_every,
             num_images=config.num_samples,
-            **sampling_settings(config),
-            guidance_scale=config.guidance_scale,
+            **dataclasses.asdict(SamplingSettings.from_config(config)),
             tensorboard_dir=tensorboard_dir,
         ),
     ]
@@ -62,19 +66,17 @@ def fashion_mnist_fid(config):
     from ddpm_keras.features import fmnist_extractor, fmnist_reference_path
     from ddpm_keras.metrics import FeatureStatistics
 
+    settings = SamplingSettings.from_config(config)
     return FIDCallback(
         fmnist_extractor(),
         FeatureStatistics.load(fmnist_reference_path("test")),
         num_samples=config.fid_num_samples,
         every=config.fid_every,
-        **sampling_settings(config),
+        sampler=settings.sampler,
+        steps=settings.steps,
+        eta=settings.eta,
+        seed=settings.seed,
     )
-
-
-def sampling_settings(config):
-    """How the run's grids and FID sample: sampler, steps (`ddpm` runs all T), eta, seed."""
-    steps = config.sample_steps if config.sampler != "ddpm" else None
-    return {"sampler": config.sampler, "steps": steps, "eta": config.eta, "seed": config.seed}
 
 
 __all__ = [

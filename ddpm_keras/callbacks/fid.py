@@ -7,8 +7,10 @@ import time
 import keras
 import numpy as np
 
+from ddpm_keras.errors import ConfigError
 from ddpm_keras.evaluation import score_features
 from ddpm_keras.metrics import FeatureStatistics
+from ddpm_keras.pipeline import SamplingSettings
 
 
 class FIDCallback(keras.callbacks.Callback):
@@ -30,7 +32,7 @@ class FIDCallback(keras.callbacks.Callback):
         num_samples: Samples per evaluation. FID is biased upwards with few
             samples (compare only values of one sample count); KID is not.
         every: Epoch interval, >= 1.
-        sampler: `"ddim"` or `"ddpm"`.
+        sampler: `"ddim"`, `"ddpm"` or `"dpmpp_2m"`.
         steps: Sampling steps (`None`: the sampler's default).
         eta: DDIM eta.
         seed: Sampling seed; fixed, so epochs are compared on the same noise.
@@ -56,13 +58,13 @@ class FIDCallback(keras.callbacks.Callback):
             ("kid_subsets", kid_subsets, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(
+                raise ConfigError(
                     f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}"
                 )
         if not isinstance(reference, FeatureStatistics):
             reference = np.asarray(reference, dtype=np.float32)
             if reference.ndim != 4 or len(reference) < 2:
-                raise ValueError(
+                raise ConfigError(
                     "`reference` must be FeatureStatistics or [N, H, W, C] images "
                     f"(N >= 2). Received: reference with shape {reference.shape}"
                 )
@@ -70,10 +72,8 @@ class FIDCallback(keras.callbacks.Callback):
         self.reference = reference
         self.num_samples = num_samples
         self.every = every
-        self.sampler = sampler
-        self.steps = steps
-        self.eta = eta
-        self.seed = seed
+        # Checked now, not at the first evaluation an epoch later.
+        self.settings = SamplingSettings(sampler, steps, eta, seed=seed)
         self.kid_subsets = kid_subsets
         self._reference_features = None
         self._reference_statistics = reference if isinstance(reference, FeatureStatistics) else None
@@ -88,15 +88,13 @@ class FIDCallback(keras.callbacks.Callback):
         if self._reference_statistics is None:
             self.on_train_begin()
         start = time.perf_counter()
-        images = self.model.generate(
-            self.num_samples, steps=self.steps, sampler=self.sampler, eta=self.eta, seed=self.seed
-        )
+        images = self.model.pipeline(self.num_samples, self.settings)
         scores = score_features(
             self.extractor(images),
             self._reference_features,
             self._reference_statistics,
             self.kid_subsets,
-            self.seed,
+            self.settings.seed,
         )
         results = {"val_fid": scores["fid"]}
         if "kid" in scores:

@@ -8,7 +8,9 @@ import keras
 import numpy as np
 
 from ddpm_keras.config import DEFAULT_GUIDANCE_SCALE
+from ddpm_keras.errors import ConfigError
 from ddpm_keras.files import save_image_grid, tile_images
+from ddpm_keras.pipeline import SamplingSettings
 
 
 class SampleGrid(keras.callbacks.Callback):
@@ -24,7 +26,7 @@ class SampleGrid(keras.callbacks.Callback):
         final_path: Path of the grid written when training ends (`None`: none).
         every: Epoch interval (0: only the final grid).
         num_images: Images per grid.
-        sampler: `"ddim"` or `"ddpm"`.
+        sampler: `"ddim"`, `"ddpm"` or `"dpmpp_2m"`.
         steps: Sampling steps (`None`: the sampler's default).
         eta: DDIM eta.
         seed: Sampling seed.
@@ -50,16 +52,13 @@ class SampleGrid(keras.callbacks.Callback):
     ):
         super().__init__()
         if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-            raise ValueError(f"`every` must be an integer >= 0. Received: every={every!r}")
+            raise ConfigError(f"`every` must be an integer >= 0. Received: every={every!r}")
         self.directory = os.fspath(directory)
         self.final_path = final_path
         self.every = every
         self.num_images = num_images
-        self.sampler = sampler
-        self.steps = steps
-        self.eta = eta
-        self.seed = seed
-        self.guidance_scale = guidance_scale
+        # Checked now, not at the first grid an epoch later.
+        self.settings = SamplingSettings(sampler, steps, eta, guidance_scale, seed)
         self.tensorboard_dir = None if tensorboard_dir is None else os.fspath(tensorboard_dir)
         self._summary_writer = None
 
@@ -71,16 +70,8 @@ class SampleGrid(keras.callbacks.Callback):
             labels = np.repeat(np.arange(self.model.num_classes), columns)
             num_images = len(labels)
             row_labels = self.model.class_names
-            title += f", guidance {self.guidance_scale:g}"
-        images = self.model.generate(
-            num_images,
-            steps=self.steps,
-            sampler=self.sampler,
-            eta=self.eta,
-            seed=self.seed,
-            labels=labels,
-            guidance_scale=self.guidance_scale,
-        )
+            title += f", guidance {self.settings.guidance_scale:g}"
+        images = self.model.pipeline(num_images, self.settings, labels)
         save_image_grid(images, path, title=title, columns=columns, row_labels=row_labels)
         return images
 
@@ -96,21 +87,21 @@ class SampleGrid(keras.callbacks.Callback):
                 "samples",
                 tile_images(images)[None],
                 step=epoch,
-                description=f"{self.sampler} samples, EMA weights, seed {self.seed}",
+                description=f"{self.settings.label} samples, EMA weights, seed {self.settings.seed}",
             )
         self._summary_writer.flush()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.every and (epoch + 1) % self.every == 0:
             path = os.path.join(self.directory, f"epoch_{epoch + 1:03d}.png")
-            images = self._write(path, f"epoch {epoch + 1}, {self.sampler}")
+            images = self._write(path, f"epoch {epoch + 1}, {self.settings.label}")
             if self.tensorboard_dir is not None:
                 # Step = epoch index, as keras.callbacks.TensorBoard's epoch scalars.
                 self._log_to_tensorboard(images, epoch)
 
     def on_train_end(self, logs=None):
         if self.final_path:
-            self._write(self.final_path, f"{self.sampler} samples")
+            self._write(self.final_path, f"{self.settings.label} samples")
         if self._summary_writer is not None:
             self._summary_writer.close()
             self._summary_writer = None
