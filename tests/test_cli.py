@@ -303,3 +303,161 @@ def test_sample_draws_one_class_or_a_row_per_class(tmp_path, capsys):
         assert sample_main([*common, *argv, "--output", str(tmp_path / "x.png")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_every_config_field_has_a_train_flag_with_its_doc():
+    import dataclasses
+    import re
+
+    from ddpm_keras.cli import train_parser
+    from ddpm_keras.config import DiffusionConfig, field_docs
+
+    help_text = train_parser().format_help()
+    flags = set(re.findall(r"--([a-z0-9-]+)", help_text))
+    docs = field_docs()
+    for field in dataclasses.fields(DiffusionConfig):
+        assert field.name.replace("_", "-") in flags, field.name
+        # The doc is the field's own: its first words appear in the help.
+        first_words = " ".join(docs[field.name].split()[:3])
+        assert first_words in " ".join(help_text.split()), field.name
+
+
+def test_generated_flags_parse_into_the_config(tmp_path):
+    from ddpm_keras.cli import config_from_args, train_parser
+
+    argv = ["--preset", "smoke", "--channel-multipliers", "1", "2", "2", "--no-attention"]
+    argv += ["--sampler", "dpmpp_2m", "--sample-steps", "7", "--eta", "0", "--norm-groups", "2"]
+    argv += ["--min-snr-gamma", "5", "--output-dir", str(tmp_path)]
+    config = config_from_args(train_parser().parse_args(argv))
+    assert config.channel_multipliers == (1, 2, 2) and config.attention is False
+    assert (config.sampler, config.sample_steps, config.norm_groups) == ("dpmpp_2m", 7, 2)
+    assert config.min_snr_gamma == 5.0
+    # Unset flags keep the preset's values.
+    assert config.base_channels == 8 and config.epochs == 2
+
+
+def fake_dataset(config):
+    """What `load_dataset` returns, from 64 random 8x8 images: no TFDS, no files."""
+    import tensorflow as tf
+
+    images = np.random.default_rng(0).uniform(-1, 1, (64, 8, 8, 1)).astype(np.float32)
+    train = tf.data.Dataset.from_tensor_slices(images[:48]).batch(16, drop_remainder=True)
+    return train, tf.data.Dataset.from_tensor_slices(images[48:]).batch(16), (8, 8, 1)
+
+
+def load_train_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", REPO_ROOT / "scripts/train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_train_script_and_train_write_the_same_artifacts(tmp_path, monkeypatch):
+    import ddpm_keras.training
+    from ddpm_keras.config import get_config
+
+    script = load_train_script()
+    for module in (ddpm_keras.training, script):
+        monkeypatch.setattr(module, "load_dataset", fake_dataset)
+        monkeypatch.setattr(module, "class_names", lambda config: None)
+    flags = {"epochs": 2, "sample_steps": 2, "num_samples": 4, "batch_size": 16}
+    config = get_config("smoke", output_dir=str(tmp_path / "api"), **flags)
+    ddpm_keras.training.train(config)
+    argv = ["--preset", "smoke", "--output-dir", str(tmp_path / "script")]
+    for name, value in flags.items():
+        argv += ["--" + name.replace("_", "-"), str(value)]
+    assert script.main(argv) == 0
+
+    def artifacts(run):
+        root = tmp_path / run
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+    assert artifacts("api") == artifacts("script")
+    assert {"history.csv", "metrics.json", "model.keras", "config.json"} <= set(artifacts("api"))
+    api = json.loads((tmp_path / "api" / "metrics.json").read_text())
+    from_script = json.loads((tmp_path / "script" / "metrics.json").read_text())
+    # The same config and seed on one machine: the same losses.
+    np.testing.assert_allclose(
+        [r["loss"] for r in api], [r["loss"] for r in from_script], rtol=1e-6
+    )
+    history = (tmp_path / "api" / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch") and len(history) == 3
+
+
+def test_a_callback_bug_inside_fit_keeps_its_traceback_and_a_bad_flag_is_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    import keras
+
+    import ddpm_keras.training
+    from ddpm_keras.cli import config_from_args, train_parser, user_errors_exit
+
+    monkeypatch.setattr(ddpm_keras.training, "load_dataset", fake_dataset)
+    monkeypatch.setattr(ddpm_keras.training, "class_names", lambda config: None)
+
+    class BuggyCallback(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise ValueError("a bug in the user's callback")
+
+    @user_errors_exit
+    def main(argv):
+        config = config_from_args(train_parser().parse_args(argv))
+        ddpm_keras.training.train(config, callbacks=[BuggyCallback()])
+        return 0
+
+    argv = ["--preset", "smoke", "--output-dir", str(tmp_path), "--epochs", "1"]
+    with pytest.raises(ValueError, match="a bug in the user's callback"):
+        main([*argv, "--batch-size", "16"])
+    assert main([*argv, "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
+        "error: `batch_size` must be >= 1. Received: batch_size=0"
+    )
+
+
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (OSError(28, "No space left on device", "/run/model.keras"), "No space left"),
+        (PermissionError(13, "Permission denied", "/run/config.json"), "Permission denied"),
+        (MemoryError(), "Out of memory. Lower --batch-size"),
+    ],
+)
+def test_disk_full_permission_and_memory_errors_are_one_line(error, expected, capsys):
+    from ddpm_keras.cli import user_errors_exit
+
+    @user_errors_exit
+    def main(argv):
+        raise error
+
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {expected}") and len(err.strip().splitlines()) == 1
+    if error.__class__ is not MemoryError:
+        assert repr(error.filename) in err
+
+
+def test_out_of_memory_in_tensorflow_is_one_line(capsys):
+    import tensorflow as tf
+
+    from ddpm_keras.cli import user_errors_exit
+
+    @user_errors_exit
+    def main(argv):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+    assert main([]) == 2
+    assert "Out of memory" in capsys.readouterr().err
+
+
+def test_other_os_errors_are_bugs_and_keep_their_traceback():
+    from ddpm_keras.cli import user_errors_exit
+
+    @user_errors_exit
+    def main(argv):
+        raise FileNotFoundError(2, "No such file or directory", "/internal/asset.npz")
+
+    with pytest.raises(FileNotFoundError):
+        main([])
