@@ -21,21 +21,19 @@ import typing
 import numpy as np
 
 from ddpm_keras.callbacks.guards import NonFiniteLossError
+from ddpm_keras.checks import Choice, Integer
 from ddpm_keras.config import (
     DEFAULT_GUIDANCE_SCALE,
     FIELD_RULES,
     PRESETS,
     SAMPLERS,
-    Choice,
     DiffusionConfig,
-    Integer,
     check_field,
     field_docs,
     get_config,
 )
 from ddpm_keras.errors import ConfigError, DataUnavailableError
-from ddpm_keras.files import tile_images
-from ddpm_keras.pipeline import SamplingSettings
+from ddpm_keras.pipeline import ReverseProcessRecorder, SamplingSettings
 
 
 def _flag_type(annotation):
@@ -279,47 +277,6 @@ def sample_main(argv=None):
         save_gif(frames, args.gif)
         print(f"Wrote the reverse process ({len(frames)} frames) to {args.gif}")
     return 0
-
-
-class ReverseProcessRecorder:
-    """Progress bar and GIF frames for `DiffusionModel.generate(callback=...)`.
-
-    Args:
-        num_images: Images generated (over all batches).
-        batch_size: Images per batch.
-        steps: The sampler's steps.
-        num_frames: Frames to keep for a GIF: x_t after evenly spaced steps,
-            from the first step to the last (the final samples).
-        columns: Images per row of each frame (`None`: a square grid).
-    """
-
-    def __init__(self, num_images, batch_size, steps, num_frames, columns=None):
-        import keras
-
-        self.num_batches = -(-num_images // batch_size)
-        self.columns = columns
-        # Step indices whose x_t becomes a frame; the last step always does.
-        self.frame_steps = set(
-            np.linspace(0, steps - 1, min(num_frames, steps)).round().astype(int)
-        )
-        self._batches = {}  # step -> list of per-batch arrays
-        self._progbar = keras.utils.Progbar(self.num_batches * steps, unit_name="step")
-
-    def progress(self, show_bar=True, keep_frames=False):
-        def callback(batch_index, step_index, samples):
-            if show_bar:
-                self._progbar.add(1)
-            if keep_frames and step_index in self.frame_steps:
-                self._batches.setdefault(step_index, []).append(samples)
-
-        return callback
-
-    def frames(self):
-        """Tiled uint8 grids of every kept step, in order of the reverse process."""
-        return [
-            tile_images((np.concatenate(self._batches[step]) + 1.0) / 2.0, self.columns, padding=2)
-            for step in sorted(self._batches)
-        ]
 
 
 DEFAULT_EVALUATION_SETTINGS = ("ddim:10", "ddim:25", "ddim:50", "ddim:100", "ddim:250", "ddpm:1000")

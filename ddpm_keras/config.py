@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from ddpm_keras.checks import Choice, Flag, Integer, Number, Sequence, Text, fail
 from ddpm_keras.errors import ConfigError
 
 DEFAULT_OUTPUT_DIR = os.path.join("artifacts", "tensorflow_diffusion")
@@ -210,90 +211,6 @@ class DiffusionConfig:
         return os.path.join(self.output_dir, "ddpm_samples.png")
 
 
-class Integer:
-    """An integer >= `minimum` (or `None`, if `optional`)."""
-
-    def __init__(self, minimum, optional=False):
-        self.minimum, self.optional = minimum, optional
-
-    def check(self, name, value):
-        if value is None and self.optional:
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            fail(name, value, "must be an integer")
-        if value < self.minimum:
-            fail(name, value, f"must be >= {self.minimum}")
-
-
-class Number:
-    """A finite number in [low, high], or (low, high] with `low_open` (or `None`, if `optional`)."""
-
-    def __init__(self, low, high, low_open=False, optional=False):
-        self.low, self.high, self.low_open, self.optional = low, high, low_open, optional
-
-    def check(self, name, value):
-        if value is None and self.optional:
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            fail(name, value, "must be a number")
-        if not math.isfinite(value):
-            fail(name, value, "must be finite")
-        too_low = value <= self.low if self.low_open else value < self.low
-        if too_low or value > self.high:
-            fail(name, value, f"must be in {'(' if self.low_open else '['}{self.low}, {self.high}]")
-
-
-class Choice:
-    """One of `choices`."""
-
-    def __init__(self, choices):
-        self.choices = tuple(choices)
-
-    def check(self, name, value):
-        if value not in self.choices:
-            fail(name, value, f"must be one of {list(self.choices)}")
-
-
-class Flag:
-    """`True` or `False`."""
-
-    def check(self, name, value):
-        if not isinstance(value, bool):
-            fail(name, value, "must be True or False")
-
-
-class Text:
-    """A non-empty string (or `None`, if `optional`)."""
-
-    def __init__(self, optional=False):
-        self.optional = optional
-
-    def check(self, name, value):
-        if value is None and self.optional:
-            return
-        if not isinstance(value, str) or not value:
-            fail(name, value, "must be a non-empty string")
-
-
-class Sequence:
-    """A non-empty tuple of positive integers or of non-empty strings (or `None`, if `optional`)."""
-
-    def __init__(self, item_type, optional=False):
-        self.item_type, self.optional = item_type, optional
-
-    def _valid(self, item):
-        if self.item_type is int:
-            return isinstance(item, int) and not isinstance(item, bool) and item >= 1
-        return isinstance(item, str) and bool(item)
-
-    def check(self, name, value):
-        if value is None and self.optional:
-            return
-        if not isinstance(value, tuple) or not value or not all(map(self._valid, value)):
-            kind = "positive integers" if self.item_type is int else "non-empty strings"
-            fail(name, value, f"must be a non-empty sequence of {kind}")
-
-
 # The rule on each field's own value, one per field. Rules that relate two
 # fields are in `validate_config`. The parts (samplers, the model, the
 # sampling pipeline) check their arguments with `check_field`, so each rule
@@ -344,11 +261,6 @@ FIELD_RULES = {
 }
 
 
-def fail(name, value, requirement):
-    """Raises `ConfigError("`name` requirement. Received: name=value")`."""
-    raise ConfigError(f"`{name}` {requirement}. Received: {name}={value!r}")
-
-
 def check_field(name, value):
     """Checks one value against the rule of the config field `name` (see `FIELD_RULES`).
 
@@ -356,6 +268,26 @@ def check_field(name, value):
         ConfigError: naming the field and the value.
     """
     FIELD_RULES[name].check(name, value)
+
+
+def check_network_widths(base_channels, channel_multipliers, norm_groups):
+    """The UNet's widths: an even `base_channels`, and `norm_groups` dividing every level's."""
+    check_field("base_channels", base_channels)
+    check_field("channel_multipliers", tuple(channel_multipliers))
+    check_field("norm_groups", norm_groups)
+    if base_channels % 2:
+        # The sinusoidal timestep embedding has base_channels (sin, cos) pairs.
+        fail("base_channels", base_channels, "must be even")
+    # The stem (base_channels) and every level feed a GroupNormalization.
+    for multiplier in (1, *channel_multipliers):
+        if (base_channels * multiplier) % norm_groups:
+            fail(
+                "norm_groups",
+                norm_groups,
+                "must divide base_channels and base_channels * every channel multiplier "
+                f"(base_channels={base_channels}, "
+                f"channel_multipliers={tuple(channel_multipliers)})",
+            )
 
 
 def check_steps(value, timesteps, name="num_steps"):
@@ -385,19 +317,7 @@ def validate_config(config: DiffusionConfig) -> None:
         check_field(field.name, getattr(config, field.name))
     if config.beta_start > config.beta_end:
         fail("beta_start", config.beta_start, "must be <= beta_end")
-    if config.base_channels % 2:
-        # The sinusoidal timestep embedding has base_channels (sin, cos) pairs.
-        fail("base_channels", config.base_channels, "must be even")
-    # The stem (base_channels) and every level feed a GroupNormalization.
-    for multiplier in (1, *config.channel_multipliers):
-        if (config.base_channels * multiplier) % config.norm_groups:
-            fail(
-                "norm_groups",
-                config.norm_groups,
-                "must divide base_channels and base_channels * every channel multiplier "
-                f"(base_channels={config.base_channels}, "
-                f"channel_multipliers={config.channel_multipliers})",
-            )
+    check_network_widths(config.base_channels, config.channel_multipliers, config.norm_groups)
     check_steps(config.sample_steps, config.timesteps, "sample_steps")
     # Without this check the run would fail only at its first sample grid.
     check_eta(config.eta, config.sampler)

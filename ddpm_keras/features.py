@@ -24,8 +24,7 @@ import os
 import keras
 import numpy as np
 
-from ddpm_keras.data import DataUnavailableError
-from ddpm_keras.errors import ConfigError
+from ddpm_keras.errors import ConfigError, DataUnavailableError
 
 ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 FMNIST_WEIGHTS = os.path.join(ASSETS_DIR, "fmnist_classifier.weights.h5")

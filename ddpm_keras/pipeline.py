@@ -14,8 +14,10 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from ddpm_keras.config import DEFAULT_GUIDANCE_SCALE, SAMPLERS, Integer, check_eta, check_field
+from ddpm_keras.checks import Integer
+from ddpm_keras.config import DEFAULT_GUIDANCE_SCALE, SAMPLERS, check_eta, check_field
 from ddpm_keras.errors import ConfigError
+from ddpm_keras.files import tile_images
 from ddpm_keras.samplers import get_sampler
 from ddpm_keras.sampling_loop import reverse_step, sample_loop
 
@@ -288,3 +290,44 @@ class SamplingPipeline:
             batches.append(samples.numpy())
         images = np.concatenate(batches, axis=0)
         return np.clip((images + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
+
+
+class ReverseProcessRecorder:
+    """Progress bar and GIF frames for `SamplingPipeline(callback=...)` (`ddpm-sample`).
+
+    Args:
+        num_images: Images generated (over all batches).
+        batch_size: Images per batch.
+        steps: The sampler's steps.
+        num_frames: Frames to keep for a GIF: x_t after evenly spaced steps,
+            from the first step to the last (the final samples).
+        columns: Images per row of each frame (`None`: a square grid).
+    """
+
+    def __init__(self, num_images, batch_size, steps, num_frames, columns=None):
+        import keras
+
+        self.num_batches = -(-num_images // batch_size)
+        self.columns = columns
+        # Step indices whose x_t becomes a frame; the last step always does.
+        self.frame_steps = set(
+            np.linspace(0, steps - 1, min(num_frames, steps)).round().astype(int)
+        )
+        self._batches = {}  # step -> list of per-batch arrays
+        self._progbar = keras.utils.Progbar(self.num_batches * steps, unit_name="step")
+
+    def progress(self, show_bar=True, keep_frames=False):
+        def callback(batch_index, step_index, samples):
+            if show_bar:
+                self._progbar.add(1)
+            if keep_frames and step_index in self.frame_steps:
+                self._batches.setdefault(step_index, []).append(samples)
+
+        return callback
+
+    def frames(self):
+        """Tiled uint8 grids of every kept step, in order of the reverse process."""
+        return [
+            tile_images((np.concatenate(self._batches[step]) + 1.0) / 2.0, self.columns, padding=2)
+            for step in sorted(self._batches)
+        ]

@@ -12,6 +12,7 @@ import math
 import keras
 from keras import layers, ops
 
+from ddpm_keras.config import check_field, check_network_widths
 from ddpm_keras.errors import ConfigError
 
 
@@ -252,11 +253,8 @@ def build_unet(
             "`image_shape` must be (height, width, channels) with positive "
             f"sizes. Received: image_shape={image_shape}"
         )
-    if base_channels < 2 or base_channels % 2:
-        raise ConfigError(
-            "`base_channels` must be even and >= 2 (it sizes the sinusoidal "
-            f"timestep embedding). Received: base_channels={base_channels}"
-        )
+    check_network_widths(base_channels, channel_multipliers, norm_groups)
+    check_field("num_res_blocks", num_res_blocks)
     factor = 2 ** (len(channel_multipliers) - 1)
     if image_shape[0] % factor or image_shape[1] % factor:
         raise ConfigError(
@@ -265,15 +263,6 @@ def build_unet(
             f"Received: image_shape={image_shape}, "
             f"channel_multipliers={tuple(channel_multipliers)}"
         )
-    # The stem (base_channels) and every level feed a GroupNormalization.
-    for multiplier in (1, *channel_multipliers):
-        if (base_channels * multiplier) % norm_groups:
-            raise ConfigError(
-                "`norm_groups` must divide base_channels and every level's channels. "
-                f"Received: norm_groups={norm_groups}, "
-                f"base_channels={base_channels}, "
-                f"channel_multipliers={tuple(channel_multipliers)}"
-            )
 
     if num_classes is not None and (
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1

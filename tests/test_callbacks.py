@@ -139,12 +139,14 @@ def test_default_callbacks_follow_the_config(tmp_path):
         NonFiniteLossGuard,
         ModelCheckpoints,
         MetricsJSON,
+        keras.callbacks.CSVLogger,
         SampleGrid,
         keras.callbacks.BackupAndRestore,
     ]
     assert callbacks[0].checkpoint_hint == callbacks[1].last_path
-    grid = callbacks[3]
-    assert grid.steps == config.sample_steps and grid.every == config.sample_every
+    assert callbacks[3].filename == config.history_path and callbacks[3].append
+    grid = callbacks[4]
+    assert grid.settings.steps == config.sample_steps and grid.every == config.sample_every
     assert grid.tensorboard_dir is None
     with pytest.raises(ValueError, match="every=-1"):
         SampleGrid(tmp_path, every=-1)
@@ -156,7 +158,7 @@ def test_default_callbacks_with_tensorboard(tmp_path):
     kinds = [type(c) for c in callbacks]
     assert kinds[-2:] == [keras.callbacks.TensorBoard, keras.callbacks.BackupAndRestore]
     assert callbacks[-2].log_dir == config.tensorboard_dir == str(tmp_path / "tensorboard")
-    assert callbacks[3].tensorboard_dir == config.tensorboard_dir
+    assert callbacks[4].tensorboard_dir == config.tensorboard_dir
 
 
 def test_checkpoints_keep_the_best_across_a_resume(tiny_model, tmp_path):
@@ -187,7 +189,8 @@ def test_default_callbacks_score_fid_before_recording_the_logs(tmp_path):
     kinds = [type(c) for c in callbacks]
     assert kinds[:4] == [NonFiniteLossGuard, FIDCallback, ModelCheckpoints, MetricsJSON]
     fid = callbacks[1]
-    assert (fid.every, fid.num_samples, fid.steps, fid.sampler) == (2, 40, 8, "ddim")
+    assert (fid.every, fid.num_samples) == (2, 40)
+    assert (fid.settings.steps, fid.settings.sampler) == (8, "ddim")
     assert fid.extractor.name == "fmnist"
     with pytest.raises(
         ValueError, match="needs dataset='fashion_mnist', not 'mnist'.*Received: fid_every=1"

@@ -194,8 +194,8 @@ def test_ddpm_evaluate_writes_json_and_table(smoke_model_path, manual_dir, tfds_
     [
         (["--settings", "ddim:0"], "steps"),
         (["--settings", "fast:10"], "SAMPLER:STEPS"),
-        (["--num-samples", "1"], "--num-samples"),
-        (["--guidance-scales", "-1"], "--guidance-scales` must be >= 0"),
+        (["--num-samples", "1"], "num_samples=1"),
+        (["--guidance-scales", "-1"], "guidance_scale=-1.0"),
         (["--guidance-scales", "2"], "needs a class-conditional model"),
     ],
 )

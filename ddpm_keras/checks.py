@@ -1,0 +1,103 @@
+"""Rules on single values, each raising `ConfigError("... Received: name=value")`.
+
+`config.FIELD_RULES` gives every `DiffusionConfig` field one of these; the
+parts check their arguments through `config.check_field`, so a rule is
+written once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ddpm_keras.errors import ConfigError
+
+
+def fail(name, value, requirement):
+    """Raises `ConfigError("`name` requirement. Received: name=value")`."""
+    raise ConfigError(f"`{name}` {requirement}. Received: {name}={value!r}")
+
+
+class Integer:
+    """An integer >= `minimum` (or `None`, if `optional`)."""
+
+    def __init__(self, minimum, optional=False):
+        self.minimum, self.optional = minimum, optional
+
+    def check(self, name, value):
+        if value is None and self.optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            fail(name, value, "must be an integer")
+        if value < self.minimum:
+            fail(name, value, f"must be >= {self.minimum}")
+
+
+class Number:
+    """A finite number in [low, high], or (low, high] with `low_open` (or `None`, if `optional`)."""
+
+    def __init__(self, low, high, low_open=False, optional=False):
+        self.low, self.high, self.low_open, self.optional = low, high, low_open, optional
+
+    def check(self, name, value):
+        if value is None and self.optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            fail(name, value, "must be a number")
+        if not math.isfinite(value):
+            fail(name, value, "must be finite")
+        too_low = value <= self.low if self.low_open else value < self.low
+        if too_low or value > self.high:
+            fail(name, value, f"must be in {'(' if self.low_open else '['}{self.low}, {self.high}]")
+
+
+class Choice:
+    """One of `choices`."""
+
+    def __init__(self, choices):
+        self.choices = tuple(choices)
+
+    def check(self, name, value):
+        if value not in self.choices:
+            fail(name, value, f"must be one of {list(self.choices)}")
+
+
+class Flag:
+    """`True` or `False`."""
+
+    def check(self, name, value):
+        if not isinstance(value, bool):
+            fail(name, value, "must be True or False")
+
+
+class Text:
+    """A non-empty string (or `None`, if `optional`)."""
+
+    def __init__(self, optional=False):
+        self.optional = optional
+
+    def check(self, name, value):
+        if value is None and self.optional:
+            return
+        if not isinstance(value, str) or not value:
+            fail(name, value, "must be a non-empty string")
+
+
+class Sequence:
+    """A non-empty tuple of positive integers or of non-empty strings (or `None`, if `optional`)."""
+
+    def __init__(self, item_type, optional=False):
+        self.item_type, self.optional = item_type, optional
+
+    def _valid(self, item):
+        if self.item_type is int:
+            return isinstance(item, int) and not isinstance(item, bool) and item >= 1
+        return isinstance(item, str) and bool(item)
+
+    def check(self, name, value):
+        if value is None and self.optional:
+            return
+        if not isinstance(value, tuple) or not value or not all(map(self._valid, value)):
+            kind = "positive integers" if self.item_type is int else "non-empty strings"
+            fail(name, value, f"must be a non-empty sequence of {kind}")
