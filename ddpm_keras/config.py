@@ -24,7 +24,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 LEARNING_RATE_SCHEDULES = ("constant", "cosine")
 PREDICTIONS = ("epsilon", "x0", "v")
 # Classifier-free guidance of labelled samples unless a caller says otherwise:
-# the lowest FID of the guidance sweep in README ("Class-conditional models").
+# the lowest FID of the guidance sweep in docs/guidance.md.
 DEFAULT_GUIDANCE_SCALE = 3.0
 
 
