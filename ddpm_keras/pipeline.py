@@ -70,7 +70,7 @@ class SamplingSettings:
             "seed": config.seed,
         }
         values.update({name: value for name, value in changes.items() if value is not None})
-        if values["sampler"] == "ddpm" and "steps" not in changes:
+        if values["sampler"] == "ddpm" and changes.get("steps") is None:
             values["steps"] = None
         return cls(**values)
 

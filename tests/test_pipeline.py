@@ -147,6 +147,8 @@ def test_a_runs_settings_come_from_its_config_and_ddpm_runs_all_steps(
     settings = SamplingSettings.from_config(config)
     assert (settings.sampler, settings.steps, settings.seed) == (sampler, expected_steps, 3)
     assert SamplingSettings.from_config(config, seed=9, steps=None).seed == 9
+    # Asking for ddpm on a config of another sampler also runs all T steps.
+    assert SamplingSettings.from_config(config, sampler="ddpm", steps=None).steps is None
 
 
 @pytest.mark.parametrize(
