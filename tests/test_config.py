@@ -1,34 +1,42 @@
 import dataclasses
+import os
 
 import pytest
 
-from ddpm_keras.config import (
-    DEFAULT_OUTPUT_DIR,
-    PRESETS,
-    DiffusionConfig,
-    detect_preset,
-    get_config,
+from ddpm_keras.config import PRESETS, DiffusionConfig, get_config
+
+ARTIFACT_PATHS = (
+    "checkpoint_dir",
+    "backup_dir",
+    "samples_dir",
+    "tensorboard_dir",
+    "model_path",
+    "metrics_path",
+    "history_path",
+    "samples_path",
 )
 
 
-def test_defaults_are_valid_and_documented_paths():
+def test_default_artifacts_go_where_the_readme_says():
     config = DiffusionConfig()
-    assert config.output_dir == DEFAULT_OUTPUT_DIR == "artifacts/tensorflow_diffusion"
-    assert config.model_path.endswith("tensorflow_diffusion/model.keras")
-    assert config.metrics_path.endswith("metrics.json")
-    assert config.samples_path.endswith("ddpm_samples.png")
-    assert config.checkpoint_dir.endswith("checkpoints")
+    assert config.model_path == os.path.join("artifacts", "tensorflow_diffusion", "model.keras")
+    assert config.tensorboard_dir == os.path.join(
+        "artifacts", "tensorflow_diffusion", "tensorboard"
+    )
+
+
+def test_every_artifact_path_follows_output_dir(tmp_path):
+    config = get_config("smoke", output_dir=str(tmp_path / "run"))
+    paths = [getattr(config, name) for name in ARTIFACT_PATHS]
+    # Each one inside output_dir, and no two artifacts share a path.
+    assert all(os.path.dirname(path) == str(tmp_path / "run") for path in paths), paths
+    assert len(set(paths)) == len(paths), paths
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_presets_build(preset):
     config = get_config(preset)
     assert config.preset == preset
-
-
-def test_smoke_preset_is_tiny():
-    config = get_config("smoke")
-    assert config.max_train_examples <= 512 and config.base_channels <= 16
 
 
 def test_overrides_apply_and_none_is_ignored():
@@ -38,11 +46,27 @@ def test_overrides_apply_and_none_is_ignored():
     assert config.channel_multipliers == (1, 2)
 
 
-def test_no_preset_picks_one_for_the_machine(capsys):
-    config = get_config(None)
-    expected, reason = detect_preset()
-    assert config.preset == expected
-    assert f"using '{expected}' because {reason}" in capsys.readouterr().out
+@pytest.mark.parametrize(
+    ("gpus", "preset", "reason"),
+    [(0, "cpu", "no GPU is visible"), (2, "default", "2 GPU(s) visible")],
+)
+def test_no_preset_picks_one_for_the_machine(monkeypatch, capsys, gpus, preset, reason):
+    import tensorflow as tf
+
+    def list_physical_devices(device_type=None):
+        assert device_type == "GPU"
+        return [
+            tf.config.PhysicalDevice(name=f"/physical_device:GPU:{i}", device_type="GPU")
+            for i in range(gpus)
+        ]
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", list_physical_devices)
+    config = get_config(None, epochs=3)
+    assert config.preset == preset and config.epochs == 3
+    assert config.base_channels == PRESETS[preset].get(
+        "base_channels", DiffusionConfig().base_channels
+    )
+    assert capsys.readouterr().out == f"No preset named; using '{preset}' because {reason}.\n"
 
 
 def test_unknown_preset_and_field_are_rejected():
