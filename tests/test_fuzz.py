@@ -84,28 +84,68 @@ flag_values = {
     "--dataset": st.sampled_from(["fashion_mnist", "mnist", ""]),
     "--output-dir": st.sampled_from(["out", ""]),
 }
-argv_lists = st.lists(
+flag_pairs = st.lists(
     st.sampled_from(sorted(flag_values)).flatmap(
-        lambda flag: flag_values[flag].map(lambda value: [flag, value])
+        lambda flag: flag_values[flag].map(lambda value: (flag, value))
     ),
     max_size=5,
-).map(lambda pairs: [token for pair in pairs for token in pair])
+)
+# How each flag's text becomes its field's value (argparse: type=int/float).
+FLAG_TYPES = {
+    "--epochs": int,
+    "--batch-size": int,
+    "--learning-rate": float,
+    "--gradient-clip-norm": float,
+    "--seed": int,
+    "--max-train-examples": int,
+}
+
+
+def parse_or_usage_error(argv):
+    """The parsed flags, or None after checking argparse exited with a usage error."""
+    try:
+        return train_parser().parse_args(argv)
+    except SystemExit as exit_:
+        assert exit_.code == 2  # argparse usage error
+        return None
 
 
 @settings(max_examples=200, deadline=None)
-@given(argv=argv_lists | st.lists(st.text(max_size=8), max_size=4))
-def test_random_command_lines_parse_or_fail_cleanly(argv):
-    try:
-        args = train_parser().parse_args(argv)
-    except SystemExit as exit_:
-        assert exit_.code == 2  # argparse usage error
+@given(pairs=flag_pairs)
+def test_random_command_lines_set_their_fields_or_fail_cleanly(pairs):
+    args = parse_or_usage_error([token for pair in pairs for token in pair])
+    if args is None:
         return
     try:
         config = config_from_args(args)
     except ValueError as error:
         assert "Received:" in str(error)
         return
-    assert isinstance(config, DiffusionConfig)
+    # Accepted: each flag's last value is its field's, and every other field
+    # keeps the preset's value.
+    given_values = dict(pairs)
+    preset = given_values.pop("--preset", None)
+    baseline = get_config(preset)
+    expected = {
+        flag[2:].replace("-", "_"): FLAG_TYPES.get(flag, str)(value)
+        for flag, value in given_values.items()
+    }
+    for field in dataclasses.fields(DiffusionConfig):
+        wanted = expected.get(field.name, getattr(baseline, field.name))
+        assert getattr(config, field.name) == wanted, field.name
+
+
+@settings(max_examples=100, deadline=None)
+@given(argv=st.lists(st.text(max_size=8), max_size=4))
+def test_arbitrary_tokens_parse_or_fail_cleanly(argv):
+    # Any other exception (a TypeError, say) fails the test.
+    args = parse_or_usage_error(argv)
+    if args is None:
+        return
+    try:
+        config_from_args(args)
+    except ValueError as error:
+        assert "Received:" in str(error)
 
 
 run_settings = st.fixed_dictionaries(
