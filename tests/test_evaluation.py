@@ -241,13 +241,16 @@ def test_ddpm_evaluate_samples_with_the_chosen_weights(tiny_model, weights, tmp_
 def test_ddpm_evaluate_scores_guidance_scales_with_the_committed_classifier(tmp_path, monkeypatch):
     from ddpm_keras import data
     from ddpm_keras.config import get_config
-    from ddpm_keras.features import fmnist_card
+    from ddpm_keras.features import fmnist_card, fmnist_classifier
     from ddpm_keras.files import save_model
     from ddpm_keras.model import build_model
 
     keras.utils.set_random_seed(0)
     config = get_config("smoke", class_conditional=True)
     model = build_model(config, (28, 28, 1), fmnist_card()["label_names"])
+    # Random weights (a new network's output layer is zero): the samples then
+    # depend on the label and the guidance scale.
+    randomize_weights(model.ema_network, seed=3)
     path = tmp_path / "conditional.keras"
     save_model(model, path)
     reference = np.random.default_rng(0).uniform(-1, 1, (30, 28, 28, 1)).astype(np.float32)
@@ -259,10 +262,23 @@ def test_ddpm_evaluate_scores_guidance_scales_with_the_committed_classifier(tmp_
     report = json.loads((output_dir / "evaluation.json").read_text())
     assert report["classifier"] == "fmnist classifier"
     assert [row["guidance_scale"] for row in report["rows"]] == [0.0, 1.5]
-    # 20 samples, two per class: agreement is a multiple of 1/20.
+    # Each row's agreement is what the committed classifier says of the same
+    # samples (image i asks for class i mod 10, seed as reported), computed
+    # here without evaluation.classify.
+    labels = np.arange(20) % 10
+    classifier = fmnist_classifier()
     for row in report["rows"]:
-        assert 0.0 <= row["agreement"] <= 1.0
-        assert row["agreement"] * 20 == pytest.approx(round(row["agreement"] * 20))
+        images = model.generate(
+            20, steps=2, sampler="ddim", seed=report["seed"], labels=labels,
+            guidance_scale=row["guidance_scale"],
+        )  # fmt: skip
+        answers = np.argmax(classifier(images * 2.0 - 1.0).numpy(), axis=-1)
+        correct = answers == labels
+        assert row["agreement"] == pytest.approx(correct.mean())
+        assert row["agreement_per_class"] == {
+            name: pytest.approx(correct[labels == i].mean())
+            for i, name in enumerate(model.class_names)
+        }
     table = (output_dir / "evaluation.md").read_text()
     assert "| ddim 2, guidance 1.5 |" in table and "agreement (fmnist classifier)" in table
 
