@@ -1,6 +1,7 @@
 """Keras callbacks of ddpm_keras; ordinary Keras callbacks plug in beside them."""
 
 import dataclasses
+import os
 
 import keras
 
@@ -35,6 +36,8 @@ def default_callbacks(config, strategy=None):
             NonFiniteLossGuard(checkpoint_hint=checkpoints.last_path),
             backup_and_restore(worker_backup_dir(config.backup_dir, strategy)),
         ]
+    # CSVLogger opens its file without creating the folder.
+    os.makedirs(config.output_dir, exist_ok=True)
     tensorboard_dir = config.tensorboard_dir if config.tensorboard else None
     callbacks = [NonFiniteLossGuard(checkpoint_hint=checkpoints.last_path)]
     if config.fid_every:
