@@ -160,7 +160,7 @@ def user_error_message(error):
     if isinstance(error, (ConfigError, DataUnavailableError)):
         return str(error)
     if isinstance(error, OSError) and error.errno in _USER_OS_ERRORS:
-        where = f" writing {error.filename!r}" if error.filename else ""
+        where = f" at {error.filename!r}" if error.filename else ""
         return f"{_USER_OS_ERRORS[error.errno]}{where}: free space or fix the permissions, then re-run the same command ({error})"
     if isinstance(error, (tf.errors.ResourceExhaustedError, MemoryError)):
         return (
