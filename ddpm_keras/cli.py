@@ -343,14 +343,14 @@ def evaluate_parser():
 def evaluate_main(argv=None):
     """Entry point of `ddpm-evaluate` (and `scripts/evaluate.py`)."""
     from ddpm_keras.data import load_split_arrays
-    from ddpm_keras.evaluation import evaluate_model, markdown_table
+    from ddpm_keras.evaluation import NUM_SAMPLES, evaluate_model, markdown_table
     from ddpm_keras.features import fmnist_card, fmnist_classifier, get_feature_extractor
     from ddpm_keras.files import ensure_writable_dir, write_json, write_text
     from ddpm_keras.model import load_diffusion_model
 
     args = evaluate_parser().parse_args(argv)
     settings = [SamplingSettings.parse(text, seed=args.seed) for text in args.settings]
-    Integer(2).check("num_samples", args.num_samples)
+    NUM_SAMPLES.check("num_samples", args.num_samples)  # before loading anything
     for scale in args.guidance_scales or ():
         check_field("guidance_scale", scale)
     ensure_writable_dir(args.output_dir)

@@ -300,6 +300,14 @@ def check_steps(value, timesteps, name="num_steps"):
         fail(name, value, f"must be an integer in [1, {timesteps}] (the schedule's T)")
 
 
+def check_devices(devices, strategy):
+    """`devices` names the devices of a `"mirrored"` strategy, and of no other."""
+    check_field("strategy", strategy)
+    check_field("devices", None if devices is None else tuple(devices))
+    if devices is not None and strategy != "mirrored":
+        fail("devices", devices, f"applies only to strategy='mirrored', not {strategy!r}")
+
+
 def check_eta(eta, sampler):
     """eta is DDIM's: in [0, 1] for `"ddim"`, and 0 for the other samplers."""
     check_field("eta", eta)
@@ -329,8 +337,7 @@ def validate_config(config: DiffusionConfig) -> None:
             "from the committed Fashion-MNIST classifier. For other datasets add a "
             "FIDCallback with your own extractor",
         )
-    if config.devices is not None and config.strategy != "mirrored":
-        fail("devices", config.devices, "applies only to strategy='mirrored'")
+    check_devices(config.devices, config.strategy)
     if config.class_conditional and config.strategy == "multiworker":
         # Keras 3.15's multi-worker build fails on (image, label) batches.
         fail(

@@ -12,7 +12,7 @@ import tempfile
 
 import tensorflow as tf
 
-from ddpm_keras.config import STRATEGIES
+from ddpm_keras.config import check_devices
 from ddpm_keras.errors import ConfigError
 
 
@@ -34,15 +34,7 @@ def make_strategy(name="auto", devices=None):
     Returns:
         A `tf.distribute.Strategy`.
     """
-    if name not in STRATEGIES:
-        raise ConfigError(
-            f"`strategy` must be one of {list(STRATEGIES)}. Received: strategy={name!r}"
-        )
-    if devices is not None and name != "mirrored":
-        raise ConfigError(
-            "`devices` applies only to strategy='mirrored'. "
-            f"Received: strategy={name!r}, devices={devices!r}"
-        )
+    check_devices(devices, name)
     if name == "auto":
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()

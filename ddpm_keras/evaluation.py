@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from ddpm_keras.checks import Integer
 from ddpm_keras.config import DEFAULT_GUIDANCE_SCALE
 from ddpm_keras.errors import ConfigError
 from ddpm_keras.metrics import (
@@ -15,6 +16,9 @@ from ddpm_keras.metrics import (
     kernel_inception_distance,
 )
 from ddpm_keras.pipeline import SamplingSettings
+
+# FID needs a covariance of the samples' features: at least two samples.
+NUM_SAMPLES = Integer(2)
 
 
 def score_features(features, reference_features, reference_statistics, kid_subsets, seed):
@@ -83,8 +87,7 @@ def evaluate_model(
         `kid`, `kid_std`, `agreement` (`None` unless measured), `seconds`;
         with a classifier also `agreement_per_class` (class name -> share).
     """
-    if num_samples < 2:
-        raise ConfigError(f"`num_samples` must be >= 2. Received: num_samples={num_samples}")
+    NUM_SAMPLES.check("num_samples", num_samples)
     if model.num_classes is None:
         if guidance_scales is not None or classifier is not None:
             raise ConfigError(
