@@ -76,12 +76,20 @@ def train_parser():
             help=docs[field.name].replace("%", "%%"),
             **keywords,
         )
+    # Not a config field: an action on the output directory, not a setting.
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run in --output-dir (its model, checkpoints, backups, samples and "
+        "metrics) and start anew, instead of refusing a run with other settings",
+    )
     return parser
 
 
 def config_from_args(args):
-    """Builds the `DiffusionConfig` from parsed train flags."""
+    """Builds the `DiffusionConfig` from parsed train flags (all but `--overwrite`)."""
     overrides = vars(args).copy()
+    overrides.pop("overwrite", None)
     preset = overrides.pop("preset")
     return get_config(preset, **overrides)
 
@@ -137,14 +145,18 @@ def sample_parser():
 
 
 # errno values of operating-system errors a user can fix (disk full, no
-# permission) rather than bugs; other OSErrors keep their traceback.
+# permission) rather than bugs, with what to do; other OSErrors keep their
+# traceback.
 _USER_OS_ERRORS = {
-    errno.ENOSPC: "No space left on the device",
-    errno.EDQUOT: "Disk quota exceeded",
-    errno.EACCES: "Permission denied",
-    errno.EPERM: "Operation not permitted",
-    errno.EROFS: "Read-only file system",
+    errno.ENOSPC: ("No space left on the device", "free some space"),
+    errno.EDQUOT: ("Disk quota exceeded", "free some space"),
+    errno.EACCES: ("Permission denied", "fix the permissions"),
+    errno.EPERM: ("Operation not permitted", "fix the permissions"),
+    errno.EROFS: ("Read-only file system", "write to another --output-dir"),
 }
+INTERRUPTED_MESSAGE = (
+    "Interrupted. Re-run the same command to resume after the last completed epoch."
+)
 
 
 def user_error_message(error):
@@ -160,8 +172,13 @@ def user_error_message(error):
     if isinstance(error, (ConfigError, DataUnavailableError)):
         return str(error)
     if isinstance(error, OSError) and error.errno in _USER_OS_ERRORS:
+        what, remedy = _USER_OS_ERRORS[error.errno]
         where = f" at {error.filename!r}" if error.filename else ""
-        return f"{_USER_OS_ERRORS[error.errno]}{where}: free space or fix the permissions, then re-run the same command ({error})"
+        detail = f" ({error.strerror})" if error.strerror and error.strerror != what else ""
+        return (
+            f"{what}{where}{detail}. Nothing written before was lost: {remedy}, then "
+            "re-run the same command to resume."
+        )
     if isinstance(error, (tf.errors.ResourceExhaustedError, MemoryError)):
         return (
             "Out of memory. Lower --batch-size, or --base-channels / --num-res-blocks "
@@ -175,14 +192,18 @@ def user_errors_exit(main):
     """Turns the failures a user can fix into one line on stderr and an exit status.
 
     User errors (see `user_error_message`) exit with status 2; a training
-    run stopped by a non-finite loss exits with status 1. Anything else
-    propagates with its traceback: it is a bug, here or in a user's callback.
+    run stopped by a non-finite loss exits with status 1, and Ctrl-C with
+    130 (as a shell reports SIGINT). Anything else propagates with its
+    traceback: it is a bug, here or in a user's callback.
     """
 
     @functools.wraps(main)
     def wrapper(argv=None):
         try:
             return main(argv)
+        except KeyboardInterrupt:
+            print(f"\n{INTERRUPTED_MESSAGE}", file=sys.stderr)
+            return 130
         except NonFiniteLossError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
@@ -201,9 +222,10 @@ def train_main(argv=None):
     """Entry point of `ddpm-train`."""
     from ddpm_keras.training import train
 
-    config = config_from_args(train_parser().parse_args(argv))
-    train(config)
-    print(f"Artifacts written to {config.output_dir}")
+    args = train_parser().parse_args(argv)
+    config = config_from_args(args)
+    if train(config, overwrite=args.overwrite):  # empty if the run was already complete
+        print(f"Artifacts written to {config.output_dir}")
     return 0
 
 

@@ -26,6 +26,9 @@ PREDICTIONS = ("epsilon", "x0", "v")
 # Classifier-free guidance of labelled samples unless a caller says otherwise:
 # the lowest FID of the guidance sweep in docs/guidance.md.
 DEFAULT_GUIDANCE_SCALE = 3.0
+# Far past the useful range (docs/guidance.md sweeps 0 to 8, and images
+# saturate well before 100), yet far from overflowing float32 arithmetic.
+MAX_GUIDANCE_SCALE = 100.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +71,7 @@ class DiffusionConfig:
             unlabelled (the unconditional model guidance needs).
         guidance_scale: Classifier-free guidance of the sample grids of a
             class-conditional model (0: unconditional, 1: conditional, > 1:
-            guided; default 3).
+            guided; default 3, at most 100).
         batch_size: Global training batch size.
         epochs: Training epochs.
         learning_rate: Adam learning rate (the peak, after any warm-up).
@@ -249,7 +252,7 @@ FIELD_RULES = {
     "sampler": Choice(SAMPLERS),
     "sample_steps": Integer(1),
     "eta": Number(0.0, 1.0),
-    "guidance_scale": Number(0.0, math.inf),
+    "guidance_scale": Number(0.0, MAX_GUIDANCE_SCALE),
     "fid_every": Integer(0),
     "fid_num_samples": Integer(2),
     "output_dir": Text(),
@@ -259,6 +262,30 @@ FIELD_RULES = {
     "precision": Choice(PRECISIONS),
     "jit_compile": Flag(),
 }
+
+
+# Fields a run may change when it resumes or is extended in the same output
+# directory: how long it trains, how often it samples and scores, what it
+# logs, where the data files are and which devices run it. Every other field
+# decides what is trained (the data, network, schedule, objective,
+# optimisation, seed and numerics), so changing it needs a new run
+# (`--output-dir`, or `--overwrite`); see `ddpm_keras.run_dir`.
+RESUMABLE_FIELDS = frozenset(
+    {
+        "epochs",
+        "sample_every",
+        "num_samples",
+        "fid_every",
+        "fid_num_samples",
+        "tensorboard",
+        "data_dir",
+        "manual_dir",
+        "output_dir",
+        "strategy",
+        "devices",
+        "jit_compile",
+    }
+)
 
 
 def check_field(name, value):

@@ -8,10 +8,12 @@ download files (TFDS `DownloadConfig(manual_dir=...)`).
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
 from ddpm_keras.errors import ConfigError, DataUnavailableError
 
@@ -83,13 +85,42 @@ def prepare_builder(dataset, data_dir=None, manual_dir=None):
         builder.download_and_prepare(download_config=download_config)
     except Exception as error:
         raise DataUnavailableError(
-            f"Could not download or prepare {dataset!r} ({type(error).__name__}: "
-            f"{error}). Without internet, pass manual_dir (CLI: --manual-dir) "
-            "pointing at a folder with the dataset's original download files"
-            + (f" ({', '.join(MANUAL_FILES[dataset])})" if dataset in MANUAL_FILES else "")
-            + f". Received: manual_dir={manual_dir!r}, data_dir={data_dir!r}"
+            _preparation_failure(dataset, manual_dir, data_dir, error)
         ) from error
     return builder
+
+
+def _preparation_failure(dataset, manual_dir, data_dir, error):
+    """The message for a dataset TFDS could not prepare: what failed and what to do."""
+    received = f"Received: manual_dir={manual_dir!r}, data_dir={data_dir!r}"
+    expected = f" ({', '.join(MANUAL_FILES[dataset])})" if dataset in MANUAL_FILES else ""
+    if isinstance(error, NonMatchingChecksumError) and manual_dir is not None:
+        # TFDS' message: "Artifact <url>, downloaded to <path>, has wrong checksum: ..."
+        text = str(error)
+        path = text.split("downloaded to ", 1)[-1].split(", has wrong checksum", 1)[0]
+        sizes = re.findall(r"size=([^,]+),", text)
+        size = f" (expected {sizes[0]}, found {sizes[1]})" if len(sizes) == 2 else ""
+        return (
+            f"The file {path} in manual_dir is not the original {dataset} file: its "
+            f"size or checksum does not match{size}. It may be truncated or corrupt; "
+            f"copy the original again. {received}"
+        )
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    if manual_dir is not None:
+        return (
+            f"Could not prepare {dataset!r} from manual_dir ({reason}). It should hold "
+            f"the dataset's original download files{expected}. {received}"
+        )
+    return (
+        f"Could not download or prepare {dataset!r} ({reason}). Without internet, pass "
+        "manual_dir (CLI: --manual-dir) pointing at a folder with the dataset's original "
+        f"download files{expected}. {received}"
+    )
+
+
+def prepare_data(config):
+    """Downloads (or reads from `config.manual_dir`) and prepares the run's dataset."""
+    prepare_builder(config.dataset, config.data_dir, config.manual_dir)
 
 
 def _split(name, max_examples):

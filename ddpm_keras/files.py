@@ -1,20 +1,42 @@
 """Writing artifacts safely: every file goes to a temporary name, then is renamed.
 
 A killed process therefore leaves either the old file or the new one, never
-a truncated one.
+a truncated one. The temporary file is flushed to disk (fsync) before the
+rename and the directory after it, so a power cut does not undo a write
+either.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import shutil
+import signal
 import tempfile
 
 import numpy as np
 
 from ddpm_keras.errors import ConfigError
+
+# Fault injection for the reliability tests (tests/test_reliability.py) and
+# the soak script (scripts/soak_resume.py). Every atomic write has two write
+# points, "<path>:before" (the temporary file is complete, not yet renamed)
+# and "<path>:after" (renamed). "<fault>@<n>" makes the n-th write point of
+# the process fail, "<fault>@<text>" the first one whose "<path>:<phase>"
+# ends with <text> (e.g. "kill@backup/epoch-0002.weights.h5:before").
+# <fault> is `kill` (SIGKILL, as `kill -9`), or `enospc` or `eacces` (an
+# OSError, at "before" points only). With FAULT_TRACE_VARIABLE naming a
+# file, each point is appended to it as it passes.
+FAULT_VARIABLE = "DDPM_KERAS_INJECT_FAULT"
+FAULT_TRACE_VARIABLE = "DDPM_KERAS_WRITE_TRACE"
+_FAULT_ERRNOS = {"enospc": errno.ENOSPC, "eacces": errno.EACCES}
+_write_points_passed = 0
+# Temporary files of `atomic_path` start with this; a killed writer leaves
+# one behind, which `remove_temporaries` clears when the next run starts.
+TEMPORARY_PREFIX = "."
 
 
 def ensure_writable_dir(path):
@@ -38,11 +60,52 @@ def ensure_writable_dir(path):
     return path
 
 
+def _write_point(path, phase):
+    """Counts a write point and injects the fault `FAULT_VARIABLE` asks for there."""
+    global _write_points_passed
+    _write_points_passed += 1
+    trace = os.environ.get(FAULT_TRACE_VARIABLE)
+    if trace:
+        with open(trace, "a", encoding="utf-8") as file:
+            file.write(f"{_write_points_passed}\t{path}:{phase}\n")
+    fault, _, at = os.environ.get(FAULT_VARIABLE, "").partition("@")
+    if not fault:
+        return
+    if at.isdigit() and int(at) != _write_points_passed:
+        return
+    if not at.isdigit() and not f"{path}:{phase}".endswith(at):
+        return
+    if fault == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if phase == "before" and fault in _FAULT_ERRNOS:
+        code = _FAULT_ERRNOS[fault]
+        raise OSError(code, f"{os.strerror(code)} (injected by {FAULT_VARIABLE})", path)
+
+
+def _fsync_directory(directory):
+    # Makes the rename itself durable; not every platform can open a folder.
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _fsync_file(path):
+    with open(path, "rb+") as file:
+        os.fsync(file.fileno())
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path beside `path`; renames it to `path` on success.
 
-    The temporary name keeps `path`'s extension, because some writers (Keras'
+    The caller writes the whole file to the temporary path; it is then
+    fsynced, renamed over `path` and the directory fsynced. The temporary
+    name keeps `path`'s extension, because some writers (Keras'
     `model.save`, matplotlib) choose the format from it. On error the
     temporary file is removed and `path` is untouched.
     """
@@ -53,16 +116,80 @@ def atomic_path(path):
     if path.endswith(".weights.h5"):  # Keras' save_weights insists on the double suffix
         extension = ".weights.h5"
     handle, temporary = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=f".tmp{extension}"
+        dir=directory,
+        prefix=f"{TEMPORARY_PREFIX}{os.path.basename(path)}.",
+        suffix=f".tmp{extension}",
     )
     os.close(handle)
     os.remove(temporary)  # Some writers refuse to overwrite; let them create it.
     try:
         yield temporary
+        _fsync_file(temporary)
+        _write_point(path, "before")
         os.replace(temporary, path)
+        _fsync_directory(directory)
+        _write_point(path, "after")
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def remove_temporaries(directory):
+    """Deletes the temporary files killed `atomic_path` writers left under `directory`.
+
+    Only for a directory no other process writes to (the run's lock holds
+    that). Returns the number of files removed.
+    """
+    removed = 0
+    for root, _, names in os.walk(directory):
+        for name in names:
+            if name.startswith(TEMPORARY_PREFIX) and ".tmp" in name:
+                os.remove(os.path.join(root, name))
+                removed += 1
+    return removed
+
+
+def check_free_space(path, needed_bytes):
+    """Raises `OSError(ENOSPC)` if `path`'s disk has less than `needed_bytes` free.
+
+    HDF5 and zip writers can crash the process when the disk fills during a
+    write, so a large file is checked before it is started. The message
+    says how much is needed and how much is free.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if free < needed_bytes:
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device: writing it needs about {_megabytes(needed_bytes)}, "
+            f"{_megabytes(free)} is free",
+            os.fspath(path),
+        )
+
+
+def _megabytes(count):
+    return f"{count / 1e6:.1f} MB"
+
+
+def _state_bytes(model):
+    # Weights and optimizer variables, as the .keras and .weights.h5 files hold them.
+    variables = list(model.weights)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None:
+        variables += list(optimizer.variables)
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+
+
+def model_file_bytes(model, path=None):
+    """An upper estimate of a saved model's size: its state plus 10%, plus 1 MB.
+
+    Or, if `path` exists (a previous save of the same model), that file's size
+    plus 10%.
+    """
+    if path is not None and os.path.exists(path):
+        return int(os.path.getsize(path) * 1.1)
+    return int(_state_bytes(model) * 1.1) + 1_000_000
 
 
 def write_json(path, data):
@@ -71,8 +198,6 @@ def write_json(path, data):
         with open(temporary, "w", encoding="utf-8") as file:
             json.dump(data, file, indent=2)
             file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
 
 
 def write_text(path, text):
@@ -86,6 +211,7 @@ def save_model(model, path):
     """`model.save(path)`, atomically. `path` must end in `.keras`."""
     if not os.fspath(path).endswith(".keras"):
         raise ConfigError(f"A model path must end in '.keras'. Received: path={path!r}")
+    check_free_space(path, model_file_bytes(model, path))
     with atomic_path(path) as temporary:
         model.save(temporary)
 
@@ -94,6 +220,7 @@ def save_model_weights(model, path):
     """`model.save_weights(path)`, atomically. `path` must end in `.weights.h5`."""
     if not os.fspath(path).endswith(".weights.h5"):
         raise ConfigError(f"A weights path must end in '.weights.h5'. Received: path={path!r}")
+    check_free_space(path, model_file_bytes(model, path))
     with atomic_path(path) as temporary:
         model.save_weights(temporary)
 

@@ -35,7 +35,7 @@ class SamplingSettings:
             (50 for `"ddim"`, 20 for `"dpmpp_2m"`, T for `"ddpm"`, which
             always runs all T).
         eta: DDIM's noise level in [0, 1]; 0 for the other samplers.
-        guidance_scale: Classifier-free guidance of labelled samples, >= 0:
+        guidance_scale: Classifier-free guidance of labelled samples, in [0, 100]:
             0 is the unconditional model, 1 the conditional one, larger
             values follow the label more closely. Unused without labels.
         seed: Integer seed; the same seed gives the same images. `None`

@@ -6,42 +6,143 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import keras
 
 from ddpm_keras.callbacks import default_callbacks
 from ddpm_keras.config import DiffusionConfig
-from ddpm_keras.data import class_names, load_dataset
-from ddpm_keras.distribute import check_jit_compile, is_chief, make_strategy
+from ddpm_keras.data import class_names, load_dataset, prepare_data
+from ddpm_keras.distribute import check_jit_compile, is_chief, make_strategy, worker_backup_dir
 from ddpm_keras.errors import ConfigError
-from ddpm_keras.files import ensure_writable_dir, save_image_grid, save_model, write_json
+from ddpm_keras.files import (
+    ensure_writable_dir,
+    remove_temporaries,
+    save_image_grid,
+    save_model,
+    write_json,
+)
 from ddpm_keras.model import build_model, load_diffusion_model
 from ddpm_keras.pipeline import SamplingSettings
+from ddpm_keras.run_dir import (
+    RunProgress,
+    check_same_run,
+    clear_run,
+    lock_output_dir,
+    recorded_config,
+    unlock_output_dir,
+)
 
 
-def start_run(config: DiffusionConfig, strategy=None):
-    """Prepares a run: checks the output dir, records the config, seeds.
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A started run: what `start_run` returns.
 
-    Writes `<output_dir>/config.json` (on the chief only, in a multi-worker
-    run) and seeds Python, NumPy and TensorFlow with `config.seed`.
+    Attributes:
+        strategy: The `tf.distribute.Strategy` to train under.
+        complete: The output directory already holds this run, trained to
+            `config.epochs` with its model saved: there is nothing to do.
+        completed_epochs: Epochs already trained (0 for a new run); training
+            resumes after them.
+    """
+
+    strategy: object
+    complete: bool
+    completed_epochs: int
+
+
+def start_run(config: DiffusionConfig, strategy=None, overwrite=False) -> Run:
+    """Prepares a run: takes its output directory, records the config, seeds.
+
+    On the chief (the only process, unless multi-worker), before anything is
+    written: locks the output directory (see `run_dir.lock_output_dir`),
+    removes temporary files of killed writers, and compares `config` with
+    the directory's `config.json`. Only `config.RESUMABLE_FIELDS` may
+    differ; any other difference is refused (`run_dir.check_same_run`), or,
+    with `overwrite`, the old run is deleted first. A run already trained to
+    `config.epochs` is reported complete and nothing is written. Otherwise
+    `config.json` is written, the data prepared (TFDS' first preparation
+    uses Python's `random`) and then Python, NumPy and TensorFlow seeded
+    with `config.seed`, so a seed gives the same run either way.
+
+    Args:
+        config: The run's `DiffusionConfig`.
+        strategy: The `tf.distribute.Strategy` (`None`: the one
+            `config.strategy` names, created here before any other
+            TensorFlow work, as `MultiWorkerMirroredStrategy` requires).
+        overwrite: Delete a different run in `config.output_dir` instead of
+            refusing to start.
 
     Returns:
-        The `tf.distribute.Strategy` to train under: `strategy`, or the one
-        `config.strategy` names (created here, before any other TensorFlow
-        work, as `MultiWorkerMirroredStrategy` requires).
+        A `Run`.
 
     Raises:
-        ValueError: `config.jit_compile` is impossible under the strategy.
+        ConfigError: `config.jit_compile` is impossible under the strategy,
+            another process holds the directory, or it holds a different run.
     """
     if strategy is None:
         strategy = make_strategy(config.strategy, config.devices)
     check_jit_compile(strategy, config.jit_compile)
     if is_chief(strategy):
-        ensure_writable_dir(config.output_dir)
+        progress = _take_output_dir(config, overwrite)
+    else:
+        progress = RunProgress.of(config, worker_backup_dir(config.backup_dir, strategy))
+    complete = progress.is_complete(config.epochs)
+    if complete:
+        print(
+            f"The run in {config.output_dir} is complete: {progress.completed_epochs} epochs "
+            f"trained and {config.model_path} saved. Nothing to do; pass a larger --epochs "
+            "to train it further."
+        )
+    else:
+        prepare_data(config)
+        keras.utils.set_random_seed(config.seed)
+    return Run(strategy, complete, progress.completed_epochs)
+
+
+def _take_output_dir(config, overwrite):
+    """The chief's part of `start_run`: lock, check, clear or record. Returns the progress."""
+    ensure_writable_dir(config.output_dir)
+    lock_output_dir(config.output_dir)
+    remove_temporaries(config.output_dir)
+    recorded = recorded_config(config.output_dir)
+    if recorded is not None and overwrite:
+        print(f"--overwrite: deleted {', '.join(clear_run(config))} of the old run.")
+        recorded = None
+    elif recorded is not None:
+        check_same_run(recorded, config)
+    progress = RunProgress.of(config)
+    if progress.has_model and progress.completed_epochs == 0:
+        raise ConfigError(
+            "The output directory holds a finished run without its training state "
+            f"(no backup in {config.backup_dir}), so it can be neither resumed nor "
+            "extended; its model.keras is complete. Pass another --output-dir, or "
+            f"--overwrite to train anew. Received: output_dir={config.output_dir!r}"
+        )
+    if progress.is_complete(config.epochs):
+        return progress
+    if recorded is not None and recorded.get("epochs") != config.epochs:
+        print(
+            f"Continuing the run in {config.output_dir} to {config.epochs} epochs (it was "
+            f"set to {recorded.get('epochs')}; {progress.completed_epochs} are done). "
+            + _schedule_note(config)
+        )
+    if recorded != config.to_dict():
         write_json(os.path.join(config.output_dir, "config.json"), config.to_dict())
-    keras.utils.set_random_seed(config.seed)
-    return strategy
+    return progress
+
+
+def _schedule_note(config):
+    # What an extended run's learning rate does: the schedule is a function of
+    # the step and the run's length, so it is recomputed for the new length.
+    if config.learning_rate_schedule == "cosine":
+        return (
+            "The cosine learning-rate schedule is recomputed over the new length, so the "
+            "rate rises from where the old schedule ended to the new curve's value at "
+            "this step, then decays to 0 at the new end."
+        )
+    return f"The learning rate stays at {config.learning_rate:g}."
 
 
 def steps_per_epoch(train_ds) -> int:
@@ -106,7 +207,7 @@ def save_final_model(model, config: DiffusionConfig, strategy) -> None:
         save_model(model, config.model_path)
 
 
-def train(config: DiffusionConfig, callbacks=(), strategy=None) -> dict:
+def train(config: DiffusionConfig, callbacks=(), strategy=None, overwrite=False) -> dict:
     """Trains a `DiffusionModel` as `config` says and saves its artifacts.
 
     The same steps as `scripts/train.py`: start the run, load the data, build
@@ -114,31 +215,43 @@ def train(config: DiffusionConfig, callbacks=(), strategy=None) -> dict:
     callbacks and `callbacks`, save. Writes `config.json`, `checkpoints/`,
     `backup/`, `samples/`, `metrics.json`, `history.csv`, `ddpm_samples.png`
     and `model.keras` (EMA weights included) under `config.output_dir`.
-    Re-running after an interruption resumes from the last completed epoch.
+
+    Re-running after an interruption resumes after the last completed epoch;
+    re-running a finished run does nothing, and with a larger `epochs`
+    continues it. A different run in the directory is refused (see
+    `start_run`).
 
     Args:
         config: A `DiffusionConfig`.
         callbacks: Extra Keras callbacks, run after the default ones.
         strategy: The `tf.distribute.Strategy` to train under (`None`: the
             one `config.strategy` names, see `make_strategy`).
+        overwrite: Delete a different run in `config.output_dir` first,
+            instead of refusing.
 
     Returns:
-        The Keras history dict: metric name -> list of per-epoch values.
+        The Keras history dict of the epochs this call trained: metric name
+        -> list of per-epoch values (empty if the run was already complete).
     """
-    strategy = start_run(config, strategy)
-    train_ds, val_ds, image_shape = load_dataset(config)
-    with strategy.scope():
-        model = build_model(config, image_shape, class_names(config))
-        optimizer = build_optimizer(config, steps_per_epoch(train_ds))
-        model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
-        callbacks=default_callbacks(config, strategy) + list(callbacks),
-    )
-    save_final_model(model, config, strategy)
-    return history.history
+    try:
+        run = start_run(config, strategy, overwrite=overwrite)
+        if run.complete:
+            return {}
+        train_ds, val_ds, image_shape = load_dataset(config)
+        with run.strategy.scope():
+            model = build_model(config, image_shape, class_names(config))
+            optimizer = build_optimizer(config, steps_per_epoch(train_ds))
+            model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            callbacks=default_callbacks(config, run.strategy) + list(callbacks),
+        )
+        save_final_model(model, config, run.strategy)
+        return history.history
+    finally:
+        unlock_output_dir(config.output_dir)
 
 
 def generate_samples(

@@ -20,11 +20,16 @@ from ddpm_keras.training import build_optimizer, save_final_model, start_run, st
 
 @user_errors_exit
 def main(argv=None):
-    config = config_from_args(train_parser().parse_args(argv))
+    args = train_parser().parse_args(argv)
+    config = config_from_args(args)
     print(f"Preset '{config.preset}', writing to {config.output_dir}")
-    # The distribution strategy comes first (multi-worker needs that); then
-    # the output dir is checked, config.json written and the seed set.
-    strategy = start_run(config)
+    # The distribution strategy comes first (multi-worker needs that); then the
+    # output dir is locked and checked against its config.json (a different
+    # run is refused unless --overwrite), the data prepared and the seed set.
+    run = start_run(config, overwrite=args.overwrite)
+    if run.complete:  # trained to --epochs already: nothing to do
+        return 0
+    strategy = run.strategy
     train_ds, val_ds, image_shape = load_dataset(config)
     with strategy.scope():  # model, optimizer and metrics live on every replica
         # A class-conditional model keeps the dataset's label names.

@@ -1,5 +1,6 @@
 """Test doubles shared by several test files."""
 
+import numpy as np
 import tensorflow as tf
 
 from ddpm_keras.model import DiffusionModel
@@ -19,3 +20,25 @@ class ImageDerivedNoiseModel(DiffusionModel):
             tf.math.floormod(tf.abs(sums) * 1000.0, float(self.schedule.timesteps)), tf.int32
         )
         return timesteps, tf.sin(images * 37.0 + 1.0)
+
+
+def fake_dataset(config):
+    """What `load_dataset` returns, from 64 random 8x8 images: no TFDS, no files.
+
+    Three training batches of 16 and one validation batch, whatever the
+    config says.
+    """
+    images = np.random.default_rng(0).uniform(-1, 1, (64, 8, 8, 1)).astype(np.float32)
+    train = tf.data.Dataset.from_tensor_slices(images[:48]).batch(16, drop_remainder=True)
+    return train, tf.data.Dataset.from_tensor_slices(images[48:]).batch(16), (8, 8, 1)
+
+
+def use_fake_data(monkeypatch, *modules):
+    """Makes `modules` (default: `ddpm_keras.training`) train on `fake_dataset`."""
+    import ddpm_keras.training
+
+    for module in modules or (ddpm_keras.training,):
+        monkeypatch.setattr(module, "load_dataset", fake_dataset)
+        monkeypatch.setattr(module, "class_names", lambda config: None)
+        if hasattr(module, "prepare_data"):
+            monkeypatch.setattr(module, "prepare_data", lambda config: None)

@@ -14,6 +14,7 @@ from ddpm_keras.model import load_diffusion_model
 from ddpm_keras.training import generate_samples
 
 from .conftest import REPO_ROOT
+from .fakes import use_fake_data
 
 ARTIFACTS = [
     "config.json",
@@ -336,15 +337,6 @@ def test_generated_flags_parse_into_the_config(tmp_path):
     assert config.base_channels == 8 and config.epochs == 2
 
 
-def fake_dataset(config):
-    """What `load_dataset` returns, from 64 random 8x8 images: no TFDS, no files."""
-    import tensorflow as tf
-
-    images = np.random.default_rng(0).uniform(-1, 1, (64, 8, 8, 1)).astype(np.float32)
-    train = tf.data.Dataset.from_tensor_slices(images[:48]).batch(16, drop_remainder=True)
-    return train, tf.data.Dataset.from_tensor_slices(images[48:]).batch(16), (8, 8, 1)
-
-
 def load_train_script():
     import importlib.util
 
@@ -359,9 +351,7 @@ def test_the_train_script_and_train_write_the_same_artifacts(tmp_path, monkeypat
     from ddpm_keras.config import get_config
 
     script = load_train_script()
-    for module in (ddpm_keras.training, script):
-        monkeypatch.setattr(module, "load_dataset", fake_dataset)
-        monkeypatch.setattr(module, "class_names", lambda config: None)
+    use_fake_data(monkeypatch, ddpm_keras.training, script)
     flags = {"epochs": 1, "sample_steps": 2, "num_samples": 4, "batch_size": 16}
     config = get_config("smoke", output_dir=str(tmp_path / "api"), **flags)
     ddpm_keras.training.train(config)
@@ -394,8 +384,7 @@ def test_a_callback_bug_inside_fit_keeps_its_traceback_and_a_bad_flag_is_one_lin
     import ddpm_keras.training
     from ddpm_keras.cli import config_from_args, train_parser, user_errors_exit
 
-    monkeypatch.setattr(ddpm_keras.training, "load_dataset", fake_dataset)
-    monkeypatch.setattr(ddpm_keras.training, "class_names", lambda config: None)
+    use_fake_data(monkeypatch)
 
     class BuggyCallback(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):

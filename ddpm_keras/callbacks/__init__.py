@@ -1,11 +1,14 @@
 """Keras callbacks of ddpm_keras; ordinary Keras callbacks plug in beside them."""
 
 import dataclasses
-import os
 
 import keras
 
-from ddpm_keras.callbacks.checkpoints import ModelCheckpoints, backup_and_restore
+from ddpm_keras.callbacks.checkpoints import (
+    AtomicBackupAndRestore,
+    ModelCheckpoints,
+    backup_and_restore,
+)
 from ddpm_keras.callbacks.fid import FIDCallback
 from ddpm_keras.callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
 from ddpm_keras.callbacks.metrics import MetricsJSON
@@ -18,9 +21,9 @@ def default_callbacks(config, strategy=None):
     """The callbacks a `DiffusionConfig` run uses, in order.
 
     The non-finite-loss guard, FID (with `config.fid_every`), checkpoints,
-    `metrics.json`, `history.csv` (`keras.callbacks.CSVLogger`) and sample
-    grids (and, with `config.tensorboard`, `keras.callbacks.TensorBoard`), then
-    `BackupAndRestore` last: an epoch counts as done for a resumed run only
+    `metrics.json` and `history.csv`, and sample grids (and, with
+    `config.tensorboard`, `keras.callbacks.TensorBoard`), then
+    `AtomicBackupAndRestore` last: an epoch counts as done for a resumed run only
     once everything else has recorded it, so a kill between two callbacks
     makes the rerun repeat that epoch rather than skip its record.
 
@@ -36,8 +39,6 @@ def default_callbacks(config, strategy=None):
             NonFiniteLossGuard(checkpoint_hint=checkpoints.last_path),
             backup_and_restore(worker_backup_dir(config.backup_dir, strategy)),
         ]
-    # CSVLogger opens its file without creating the folder.
-    os.makedirs(config.output_dir, exist_ok=True)
     tensorboard_dir = config.tensorboard_dir if config.tensorboard else None
     callbacks = [NonFiniteLossGuard(checkpoint_hint=checkpoints.last_path)]
     if config.fid_every:
@@ -45,9 +46,7 @@ def default_callbacks(config, strategy=None):
         callbacks.append(fashion_mnist_fid(config))
     callbacks += [
         checkpoints,
-        MetricsJSON(config.metrics_path),
-        # append: a resumed run continues the file of the interrupted one.
-        keras.callbacks.CSVLogger(config.history_path, append=True),
+        MetricsJSON(config.metrics_path, csv_path=config.history_path),
         SampleGrid(
             config.samples_dir,
             final_path=config.samples_path,
@@ -83,6 +82,7 @@ def fashion_mnist_fid(config):
 
 
 __all__ = [
+    "AtomicBackupAndRestore",
     "FIDCallback",
     "MetricsJSON",
     "ModelCheckpoints",

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 
 import keras
 
-from ddpm_keras.files import save_model, write_json
+from ddpm_keras.errors import ConfigError
+from ddpm_keras.files import save_model, save_model_weights, write_json
 
 
 class ModelCheckpoints(keras.callbacks.Callback):
@@ -74,11 +76,99 @@ class ModelCheckpoints(keras.callbacks.Callback):
             write_json(self.best_record_path, record)
 
 
-def backup_and_restore(backup_dir):
-    """`keras.callbacks.BackupAndRestore` for resuming an interrupted `fit`.
+# The backup of the state after epoch N is `epoch-000N.weights.h5`: the epoch
+# is in the name, so the weights and their epoch are written in one rename.
+_BACKUP_PREFIX, _BACKUP_SUFFIX = "epoch-", ".weights.h5"
 
-    Re-running the same `fit` after a crash restores the weights, optimizer
-    and epoch counter from `backup_dir`; the backup is deleted when training
-    completes.
+
+def backup_path(backup_dir, epoch):
+    """The backup file of the training state after `epoch` completed epochs."""
+    return os.path.join(os.fspath(backup_dir), f"{_BACKUP_PREFIX}{epoch:04d}{_BACKUP_SUFFIX}")
+
+
+def backup_states(backup_dir):
+    """The backups in `backup_dir`, newest first, as `(completed_epochs, path)` pairs."""
+    backup_dir = os.fspath(backup_dir)
+    if not os.path.isdir(backup_dir):
+        return []
+    states = []
+    for name in os.listdir(backup_dir):
+        number = name[len(_BACKUP_PREFIX) : -len(_BACKUP_SUFFIX)]
+        if name.startswith(_BACKUP_PREFIX) and name.endswith(_BACKUP_SUFFIX) and number.isdigit():
+            states.append((int(number), os.path.join(backup_dir, name)))
+    return sorted(states, reverse=True)
+
+
+class AtomicBackupAndRestore(keras.callbacks.Callback):
+    """Backs up the training state every epoch; a re-run `fit` resumes from it.
+
+    Like `keras.callbacks.BackupAndRestore` (weights, optimizer state and the
+    epoch counter), with three differences:
+
+    - Each backup is a new file, `epoch-000N.weights.h5`, written atomically
+      (see `files.atomic_path`), and the previous one is deleted only after
+      it. A kill at any moment leaves at least one complete backup.
+    - At the start of `fit` the newest backup is restored; if it cannot be
+      read (say, damaged on disk), the previous one is, and the message says
+      so. If none can be read, `fit` stops with a `ConfigError` naming them.
+    - The last backup is kept when training completes, so a finished run can
+      be continued with more epochs.
+
+    Args:
+        backup_dir: Folder for the backups, used by nothing else.
+        keep: Backups kept during training (at least 2: the newest and a
+            fallback); 1 is kept after training.
     """
-    return keras.callbacks.BackupAndRestore(backup_dir=os.fspath(backup_dir))
+
+    def __init__(self, backup_dir, keep=2):
+        super().__init__()
+        if keep < 2:
+            raise ConfigError(f"`keep` must be at least 2. Received: keep={keep}")
+        self.backup_dir = os.fspath(backup_dir)
+        self.keep = keep
+
+    def on_train_begin(self, logs=None):
+        states = backup_states(self.backup_dir)
+        if not states:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            # The optimizer's variables must exist before they can be loaded.
+            self.model.optimizer.build(self.model.trainable_variables)
+        unreadable = []
+        for epoch, path in states:
+            try:
+                self.model.load_weights(path)
+            except Exception as error:  # h5py raises OSError, Keras ValueError.
+                unreadable.append(f"{path} ({type(error).__name__}: {error})")
+                continue
+            if unreadable:
+                print(
+                    f"warning: could not read the newest backup {unreadable[0]}; resuming "
+                    f"from the previous one, {path}.",
+                    file=sys.stderr,
+                )
+            self.model._initial_epoch = epoch  # what keras.callbacks.BackupAndRestore sets
+            step = int(self.model.optimizer.iterations.numpy())
+            print(f"Resuming after epoch {epoch} (optimizer step {step}) from {path}.")
+            return
+        raise ConfigError(
+            f"No backup in {self.backup_dir} can be read, so the run cannot resume: "
+            f"{'; '.join(unreadable)}. Start it anew with --overwrite, or in a new "
+            "--output-dir."
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_model_weights(self.model, backup_path(self.backup_dir, epoch + 1))
+        self._prune(self.keep)
+
+    def on_train_end(self, logs=None):
+        self._prune(1)
+
+    def _prune(self, keep):
+        for _, path in backup_states(self.backup_dir)[keep:]:
+            os.remove(path)
+
+
+def backup_and_restore(backup_dir):
+    """The `AtomicBackupAndRestore` of a run's `backup_dir`."""
+    return AtomicBackupAndRestore(backup_dir)

@@ -1,7 +1,9 @@
-"""`metrics.json`: one record per epoch, rewritten atomically after each."""
+"""`metrics.json` and `history.csv`: one record per epoch, rewritten atomically after each."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import time
@@ -9,7 +11,7 @@ import time
 import keras
 import numpy as np
 
-from ddpm_keras.files import write_json
+from ddpm_keras.files import write_json, write_text
 
 
 def current_learning_rate(optimizer):
@@ -20,22 +22,35 @@ def current_learning_rate(optimizer):
     return float(np.asarray(keras.ops.convert_to_numpy(learning_rate)))
 
 
+def records_csv(records):
+    """Per-epoch records as CSV text: an `epoch` column, then every key in sorted order."""
+    keys = sorted({key for record in records for key in record} - {"epoch"})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, ["epoch", *keys], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return text.getvalue()
+
+
 class MetricsJSON(keras.callbacks.Callback):
-    """Keeps `path` a JSON list of per-epoch records.
+    """Keeps `path` a JSON list of per-epoch records, and `csv_path` the same as CSV.
 
     Each record holds `epoch` (1-based), every value in the epoch logs (e.g.
     `loss`, `val_loss`, and any metric other callbacks add), `learning_rate`
     and `time_s` (the epoch's wall time). Records of epochs at or after the
-    current one are dropped first, so a resumed run continues the file
-    without duplicates.
+    current one are dropped first, so a resumed or extended run continues
+    the files, each epoch recorded once. Both files are rewritten whole,
+    atomically (unlike `keras.callbacks.CSVLogger`, which appends).
 
     Args:
         path: The JSON file.
+        csv_path: The CSV file (`None`: none), written from the same records.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, csv_path=None):
         super().__init__()
         self.path = os.fspath(path)
+        self.csv_path = None if csv_path is None else os.fspath(csv_path)
         self._epoch_start = None
 
     def _read(self):
@@ -55,3 +70,5 @@ class MetricsJSON(keras.callbacks.Callback):
         records = [r for r in self._read() if r["epoch"] < record["epoch"]]
         records.append(record)
         write_json(self.path, records)
+        if self.csv_path is not None:
+            write_text(self.csv_path, records_csv(records))
