@@ -224,8 +224,8 @@ def train_main(argv=None):
 
     args = train_parser().parse_args(argv)
     config = config_from_args(args)
-    if train(config, overwrite=args.overwrite):  # empty if the run was already complete
-        print(f"Artifacts written to {config.output_dir}")
+    train(config, overwrite=args.overwrite)
+    print(f"Artifacts in {config.output_dir}")
     return 0
 
 

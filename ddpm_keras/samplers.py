@@ -133,6 +133,9 @@ class DDIMSampler(Sampler):
             * np.sqrt((1.0 - self._alpha_bar_prev) / (1.0 - self._alpha_bar))
             * np.sqrt(1.0 - self._alpha_bar / self._alpha_bar_prev)
         )
+        # sqrt(1 - a' - sigma^2) of eq. 12, in float64: onto t = 0 with eta = 1
+        # it is about 7e-8, below float32's resolution of 1 - a'.
+        self._direction = np.sqrt(np.maximum(1.0 - self._alpha_bar_prev - self._sigma**2, 0.0))
 
     def get_config(self):
         return {**super().get_config(), "eta": self.eta}
@@ -145,7 +148,7 @@ class DDIMSampler(Sampler):
         pred_x0 = self.predict_x0(model_output, t, sample)
         # Re-derive eps from the (clipped) x_0 so that the two stay consistent.
         pred_noise = (sample - ops.sqrt(alpha_bar) * pred_x0) / ops.sqrt(1.0 - alpha_bar)
-        direction = ops.sqrt(ops.maximum(1.0 - alpha_bar_prev - sigma**2, 0.0))
+        direction = _take(self._direction, index)
         prev_sample = ops.sqrt(alpha_bar_prev) * pred_x0 + direction * pred_noise
         if self.uses_noise:
             prev_sample = prev_sample + sigma * noise
@@ -168,10 +171,14 @@ class DPMSolverPlusPlus2MSampler(Sampler):
     returns the predicted x_0, as DDIM's does. The one before it lands on
     t = 0, where lambda jumps (4.6 at t = 0 against 1.0 at t = 111 for the
     linear schedule), so r is small and the second-order extrapolation
-    overshoots; first order there ("lower-order final", as in diffusers'
-    DPMSolverMultistepScheduler) cut the error on Gaussian data 5x at 20 steps
-    (tests/test_samplers.py). The timesteps are DDIM's, so the two compare at
-    equal network evaluations.
+    overshoots. Taking that step at first order too is this project's choice:
+    Lu et al.'s Algorithm 2 is second order after the first step, and
+    diffusers' DPMSolverMultistepScheduler (solver order 2) lowers only the
+    final step. On Gaussian data, where the exact ODE solution is known, it
+    cuts the RMS error at 20 steps from 0.119 to 0.023 (linear schedule) and
+    from 0.050 to 0.0016 (cosine); see
+    `tests/test_samplers.py::test_dpm_solver_first_order_onto_t0_beats_second_order`.
+    The timesteps are DDIM's, so the two compare at equal network evaluations.
 
     Args:
         schedule: The `NoiseSchedule`.

@@ -12,6 +12,7 @@ import os
 import keras
 
 from ddpm_keras.callbacks import default_callbacks
+from ddpm_keras.callbacks.metrics import recorded_history
 from ddpm_keras.config import DiffusionConfig
 from ddpm_keras.data import class_names, load_dataset, prepare_data
 from ddpm_keras.distribute import check_jit_compile, is_chief, make_strategy, worker_backup_dir
@@ -230,28 +231,36 @@ def train(config: DiffusionConfig, callbacks=(), strategy=None, overwrite=False)
             instead of refusing.
 
     Returns:
-        The Keras history dict of the epochs this call trained: metric name
-        -> list of per-epoch values (empty if the run was already complete).
+        The history of the whole run, as Keras' `History.history`: metric
+        name -> per-epoch values from `metrics.json` (`loss`, `val_loss`,
+        `learning_rate`, `time_s`), the epochs of earlier, interrupted
+        calls included; on a multi-worker run's other workers, the epochs
+        this call trained.
     """
     try:
         run = start_run(config, strategy, overwrite=overwrite)
-        if run.complete:
-            return {}
-        train_ds, val_ds, image_shape = load_dataset(config)
-        with run.strategy.scope():
-            model = build_model(config, image_shape, class_names(config))
-            optimizer = build_optimizer(config, steps_per_epoch(train_ds))
-            model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=config.epochs,
-            callbacks=default_callbacks(config, run.strategy) + list(callbacks),
-        )
-        save_final_model(model, config, run.strategy)
-        return history.history
+        history = {}
+        if not run.complete:
+            history = _fit(config, run.strategy, callbacks)
+        return recorded_history(config.metrics_path) if is_chief(run.strategy) else history
     finally:
         unlock_output_dir(config.output_dir)
+
+
+def _fit(config, strategy, callbacks):
+    train_ds, val_ds, image_shape = load_dataset(config)
+    with strategy.scope():
+        model = build_model(config, image_shape, class_names(config))
+        optimizer = build_optimizer(config, steps_per_epoch(train_ds))
+        model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        callbacks=default_callbacks(config, strategy) + list(callbacks),
+    )
+    save_final_model(model, config, strategy)
+    return history.history
 
 
 def generate_samples(

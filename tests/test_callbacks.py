@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ddpm_keras.callbacks import (
+    AtomicBackupAndRestore,
     FIDCallback,
     MetricsJSON,
     ModelCheckpoints,
@@ -16,6 +17,7 @@ from ddpm_keras.callbacks import (
     default_callbacks,
 )
 from ddpm_keras.config import get_config
+from ddpm_keras.errors import ConfigError
 from ddpm_keras.features import FeatureExtractor
 from ddpm_keras.files import tile_images
 from ddpm_keras.metrics import FeatureStatistics, frechet_distance, kernel_inception_distance
@@ -34,7 +36,7 @@ def test_our_callbacks_beside_plain_keras_ones(tiny_model, images, tmp_path):
         ModelCheckpoints(tmp_path / "checkpoints"),
         MetricsJSON(tmp_path / "metrics.json"),
         SampleGrid(tmp_path / "samples", tmp_path / "final.png", every=2, num_images=4, steps=3),
-        keras.callbacks.CSVLogger(str(tmp_path / "history.csv")),
+        keras.callbacks.CSVLogger(str(tmp_path / "keras_history.csv")),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=10),
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen_epochs.append(epoch)),
     ]
@@ -54,7 +56,7 @@ def test_our_callbacks_beside_plain_keras_ones(tiny_model, images, tmp_path):
         assert {"loss", "val_loss", "learning_rate", "time_s"} <= set(record)
         assert record["learning_rate"] == pytest.approx(1e-3)
         assert record["time_s"] > 0
-    with open(tmp_path / "history.csv") as file:
+    with open(tmp_path / "keras_history.csv") as file:
         assert len(list(csv.DictReader(file))) == 3
 
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["epoch_002.png"]
@@ -121,10 +123,10 @@ def test_tensorboard_gets_scalars_and_sample_grids(tiny_model, images, tmp_path)
     np.testing.assert_array_equal(grid, tile_images(samples_again))
 
 
-def test_metrics_json_continues_a_resumed_run(tiny_model, tmp_path):
+def test_metrics_json_and_history_csv_continue_a_resumed_run(tiny_model, tmp_path):
     tiny_model.compile(optimizer=keras.optimizers.Adam(2e-4))
     path = tmp_path / "metrics.json"
-    callback = MetricsJSON(path)
+    callback = MetricsJSON(path, csv_path=tmp_path / "history.csv")
     callback.set_model(tiny_model)
     for epoch in range(3):  # first run: epochs 1-3 recorded
         callback.on_epoch_begin(epoch)
@@ -135,24 +137,28 @@ def test_metrics_json_continues_a_resumed_run(tiny_model, tmp_path):
     records = json.loads(path.read_text())
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert [r["loss"] for r in records] == [1.0, 5.0, 5.0]
+    with open(tmp_path / "history.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["epoch", "learning_rate", "loss", "time_s"]
+    assert [(int(r["epoch"]), float(r["loss"])) for r in rows] == [(1, 1.0), (2, 5.0), (3, 5.0)]
 
 
 def test_default_callbacks_follow_the_config(tmp_path):
     config = get_config("smoke", output_dir=str(tmp_path))
     callbacks = default_callbacks(config)
     kinds = [type(c) for c in callbacks]
-    # BackupAndRestore last: an epoch is "done" only after all else recorded it.
+    # The backup last: an epoch is "done" only after all else recorded it.
     assert kinds == [
         NonFiniteLossGuard,
         ModelCheckpoints,
         MetricsJSON,
-        keras.callbacks.CSVLogger,
         SampleGrid,
-        keras.callbacks.BackupAndRestore,
+        AtomicBackupAndRestore,
     ]
     assert callbacks[0].checkpoint_hint == callbacks[1].last_path
-    assert callbacks[3].filename == config.history_path and callbacks[3].append
-    grid = callbacks[4]
+    assert callbacks[2].csv_path == config.history_path
+    assert callbacks[-1].backup_dir == config.backup_dir
+    grid = callbacks[3]
     assert grid.settings.steps == config.sample_steps and grid.every == config.sample_every
     assert grid.tensorboard_dir is None
     with pytest.raises(ValueError, match="every=-1"):
@@ -163,9 +169,9 @@ def test_default_callbacks_with_tensorboard(tmp_path):
     config = get_config("smoke", output_dir=str(tmp_path), tensorboard=True)
     callbacks = default_callbacks(config)
     kinds = [type(c) for c in callbacks]
-    assert kinds[-2:] == [keras.callbacks.TensorBoard, keras.callbacks.BackupAndRestore]
+    assert kinds[-2:] == [keras.callbacks.TensorBoard, AtomicBackupAndRestore]
     assert callbacks[-2].log_dir == config.tensorboard_dir == str(tmp_path / "tensorboard")
-    assert callbacks[4].tensorboard_dir == config.tensorboard_dir
+    assert callbacks[3].tensorboard_dir == config.tensorboard_dir
 
 
 def test_checkpoints_keep_the_best_across_a_resume(tiny_model, tmp_path):
@@ -305,3 +311,43 @@ def test_fid_callback_rejects_bad_arguments(kwargs, message):
     arguments = {"extractor": None, "reference": np.zeros((4, 8, 8, 1))} | kwargs
     with pytest.raises(ValueError, match=message):
         FIDCallback(**arguments)
+
+
+def test_backup_falls_back_to_the_previous_state_when_the_newest_is_unreadable(
+    tiny_model, images, tmp_path, capsys
+):
+    from ddpm_keras.callbacks.checkpoints import backup_path, backup_states
+    from ddpm_keras.files import save_model_weights
+
+    tiny_model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    backup = AtomicBackupAndRestore(tmp_path)
+    tiny_model.fit(images, batch_size=16, epochs=2, callbacks=[backup], verbose=0)
+    # Kept after training, for an extension: the final state only.
+    assert [epoch for epoch, _ in backup_states(tmp_path)] == [2]
+    after_epoch_2 = [w.copy() for w in tiny_model.get_weights()]
+    backup.on_train_end()  # nothing more to delete
+    # An extension to 3 epochs resumes after epoch 2; then state 2 is put back
+    # beside state 3 (as a kill before the final pruning leaves them), and
+    # state 3 is damaged.
+    tiny_model.fit(images, batch_size=16, epochs=3, callbacks=[backup], verbose=0)
+    assert int(tiny_model.optimizer.iterations.numpy()) == 3 * 2
+    tiny_model.set_weights(after_epoch_2)
+    save_model_weights(tiny_model, backup_path(tmp_path, 2))
+    with open(backup_path(tmp_path, 3), "r+b") as file:
+        file.truncate(100)
+    capsys.readouterr()
+
+    restored = AtomicBackupAndRestore(tmp_path)
+    restored.set_model(tiny_model)
+    restored.on_train_begin()
+    out = capsys.readouterr()
+    assert "could not read the newest backup" in out.err and "epoch-0002" in out.err
+    assert tiny_model._initial_epoch == 2 and "Resuming after epoch 2" in out.out
+    for restored_weight, expected in zip(tiny_model.get_weights(), after_epoch_2, strict=True):
+        np.testing.assert_array_equal(restored_weight, expected)
+
+    # When no backup can be read: a one-line ConfigError, never a silent restart.
+    with open(backup_path(tmp_path, 2), "r+b") as file:
+        file.truncate(100)
+    with pytest.raises(ConfigError, match="No backup .* can be read.*--overwrite"):
+        restored.on_train_begin()

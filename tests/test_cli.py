@@ -450,3 +450,23 @@ def test_other_os_errors_are_bugs_and_keep_their_traceback():
 
     with pytest.raises(FileNotFoundError):
         main([])
+
+
+def test_ctrl_c_is_one_line_saying_how_to_resume(capsys):
+    from ddpm_keras.cli import user_errors_exit
+
+    @user_errors_exit
+    def main(argv):
+        raise KeyboardInterrupt
+
+    assert main([]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "Interrupted. Re-run the same command to resume after the last completed epoch."
+
+
+def test_overwrite_is_a_flag_of_the_run_not_a_config_field():
+    from ddpm_keras.cli import config_from_args, train_parser
+
+    args = train_parser().parse_args(["--preset", "smoke", "--overwrite"])
+    assert args.overwrite is True
+    assert "overwrite" not in config_from_args(args).to_dict()

@@ -1,5 +1,6 @@
 import dataclasses
 import os
+import re
 
 import pytest
 
@@ -147,3 +148,12 @@ def test_devices_go_with_mirrored_and_survive_the_round_trip():
     for devices in ((), ("",), ("CPU:0", 1)):
         with pytest.raises(ValueError, match="Received: devices="):
             get_config("smoke", strategy="mirrored", devices=devices)
+
+
+def test_guidance_scale_is_bounded_far_below_float_overflow():
+    assert get_config("smoke", guidance_scale=100.0).guidance_scale == 100.0
+    for value in (1e308, 100.5):
+        with pytest.raises(
+            ValueError, match=re.escape(f"[0.0, 100.0]. Received: guidance_scale={value}")
+        ):
+            get_config("smoke", guidance_scale=value)

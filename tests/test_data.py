@@ -126,3 +126,17 @@ def test_other_dataset_presets_train_on_mock_data(preset, image_shape, monkeypat
         model.compile(optimizer="adam")
         history = model.fit(train_ds.take(1), epochs=1, verbose=0)
         assert np.isfinite(history.history["loss"][0])
+
+
+def test_a_truncated_file_in_manual_dir_is_named(manual_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "files"
+    shutil.copytree(manual_dir, copy)
+    truncated = copy / "t10k-images-idx3-ubyte.gz"
+    truncated.write_bytes(truncated.read_bytes()[:100_000])
+    with pytest.raises(DataUnavailableError) as error:
+        prepare_builder("fashion_mnist", data_dir=str(tmp_path / "tfds"), manual_dir=str(copy))
+    message = str(error.value)
+    assert f"The file {truncated} in manual_dir is not the original" in message
+    assert "expected 4.22 MiB, found 97.66 KiB" in message and "Without internet" not in message

@@ -257,3 +257,40 @@ def test_a_wide_title_widens_the_canvas_and_stays_centred_over_the_grid(tmp_path
         raise AssertionError("The grid is not under the title's centre.")
     labels = wide[top:, :offset] < 128
     assert labels.any() and not labels[:, :4].any()
+
+
+def test_a_model_save_checks_the_free_space_first_and_says_how_much(tiny_model, tmp_path):
+    import errno
+
+    from ddpm_keras.files import check_free_space, model_file_bytes
+
+    needed = model_file_bytes(tiny_model)
+    parameters = sum(int(np.prod(w.shape)) for w in tiny_model.weights)
+    assert 4 * parameters < needed < 4 * parameters * 1.1 + 1_000_001
+    with pytest.raises(OSError) as error:
+        check_free_space(tmp_path / "model.keras", 10**18)
+    assert error.value.errno == errno.ENOSPC
+    assert error.value.filename == str(tmp_path / "model.keras")
+    assert "needs about 1000000000000.0 MB" in error.value.strerror
+    check_free_space(tmp_path / "model.keras", 1)  # enough: no error
+
+
+def test_write_points_are_traced_and_an_injected_error_leaves_the_old_file(tmp_path, monkeypatch):
+    from ddpm_keras.files import FAULT_TRACE_VARIABLE, FAULT_VARIABLE, remove_temporaries
+
+    trace = tmp_path / "trace.tsv"
+    monkeypatch.setenv(FAULT_TRACE_VARIABLE, str(trace))
+    write_json(tmp_path / "a.json", {"version": 1})
+    points = [line.split("\t")[1] for line in trace.read_text().splitlines()]
+    assert points == [f"{tmp_path / 'a.json'}:before", f"{tmp_path / 'a.json'}:after"]
+    monkeypatch.setenv(FAULT_VARIABLE, "eacces@a.json:before")
+    with pytest.raises(PermissionError) as error:
+        write_json(tmp_path / "a.json", {"version": 2})
+    assert error.value.filename == str(tmp_path / "a.json")
+    assert json.loads((tmp_path / "a.json").read_text()) == {"version": 1}
+    # A killed writer's temporary file is cleared by the next run.
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".model.keras.abc.tmp.keras").write_bytes(b"partial")
+    (tmp_path / ".lock").write_text("1")
+    assert remove_temporaries(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [".lock", "a.json", "sub", "trace.tsv"]

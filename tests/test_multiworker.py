@@ -82,7 +82,10 @@ def test_two_workers_train_to_equal_weights_and_only_the_chief_writes(
 
     chief_files = {path.name for path in (tmp_path / "out0").iterdir()}
     assert {"config.json", "metrics.json", "model.keras", "ddpm_samples.png"} <= chief_files
-    assert "backup" not in chief_files  # removed at the end of training
+    # The final training state is kept, so the run can be extended.
+    epochs = len(json.loads((tmp_path / "out0" / "metrics.json").read_text()))
+    backups = sorted(os.listdir(tmp_path / "out0" / "backup"))
+    assert backups == [f"epoch-{epochs:04d}.weights.h5"]
     assert not (tmp_path / "out1").exists()  # worker 1 wrote no artifacts
     # The chief's saved model holds the trained weights and loads on one device.
     saved = load_diffusion_model(tmp_path / "out0" / "model.keras")

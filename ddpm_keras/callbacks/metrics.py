@@ -32,6 +32,19 @@ def records_csv(records):
     return text.getvalue()
 
 
+def recorded_history(path):
+    """A `metrics.json` as a Keras-style history: key -> per-epoch values, epoch 1 first.
+
+    Every key of the records but `epoch`; `{}` if the file does not exist.
+    """
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as file:
+        records = json.load(file)
+    keys = [key for key in records[0] if key != "epoch"] if records else []
+    return {key: [record.get(key) for record in records] for key in keys}
+
+
 class MetricsJSON(keras.callbacks.Callback):
     """Keeps `path` a JSON list of per-epoch records, and `csv_path` the same as CSV.
 
