@@ -9,6 +9,7 @@ import sys
 
 import keras
 
+from ddpm_keras.callbacks.metrics import current_learning_rate
 from ddpm_keras.errors import ConfigError
 from ddpm_keras.files import save_model, save_model_weights, write_json
 
@@ -149,7 +150,11 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
                 )
             self.model._initial_epoch = epoch  # what keras.callbacks.BackupAndRestore sets
             step = int(self.model.optimizer.iterations.numpy())
-            print(f"Resuming after epoch {epoch} (optimizer step {step}) from {path}.")
+            rate = current_learning_rate(self.model.optimizer)
+            print(
+                f"Resuming after epoch {epoch} (optimizer step {step}, learning rate "
+                f"{rate:.3g}) from {path}."
+            )
             return
         raise ConfigError(
             f"No backup in {self.backup_dir} can be read, so the run cannot resume: "
