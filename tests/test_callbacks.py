@@ -351,3 +351,24 @@ def test_backup_falls_back_to_the_previous_state_when_the_newest_is_unreadable(
         file.truncate(100)
     with pytest.raises(ConfigError, match="No backup .* can be read.*--overwrite"):
         restored.on_train_begin()
+
+
+def test_a_run_interrupted_under_keras_backup_and_restore_resumes(tiny_model, images, tmp_path):
+    # Earlier versions backed up with keras.callbacks.BackupAndRestore.
+    class StopAtEpoch2(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("interrupted")
+
+    tiny_model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    old_backup = keras.callbacks.BackupAndRestore(str(tmp_path))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        tiny_model.fit(
+            images, batch_size=16, epochs=4, callbacks=[old_backup, StopAtEpoch2()], verbose=0
+        )
+    history = tiny_model.fit(
+        images, batch_size=16, epochs=4, callbacks=[AtomicBackupAndRestore(tmp_path)], verbose=0
+    )
+    assert len(history.history["loss"]) == 2  # epochs 3 and 4 only
+    assert int(tiny_model.optimizer.iterations.numpy()) == 4 * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0004.weights.h5"]

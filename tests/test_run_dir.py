@@ -107,3 +107,12 @@ def test_the_seed_gives_the_same_weights_whether_or_not_the_data_was_just_prepar
     already_prepared = weights_after_start(lambda config: None, tmp_path / "b")
     for first, later in zip(first_preparation, already_prepared, strict=True):
         np.testing.assert_array_equal(first, later)
+
+
+def test_a_backup_left_by_keras_backup_and_restore_counts(tmp_path):
+    # What the earlier versions' keras.callbacks.BackupAndRestore left.
+    config = get_config("smoke", output_dir=str(tmp_path), epochs=3)
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "latest.weights.h5").write_bytes(b"")
+    (tmp_path / "backup" / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    assert RunProgress.of(config) == RunProgress(2, False)

@@ -87,12 +87,29 @@ def backup_path(backup_dir, epoch):
     return os.path.join(os.fspath(backup_dir), f"{_BACKUP_PREFIX}{epoch:04d}{_BACKUP_SUFFIX}")
 
 
+# What keras.callbacks.BackupAndRestore (used before AtomicBackupAndRestore)
+# leaves: the weights and, beside them, the completed epochs.
+_KERAS_BACKUP, _KERAS_METADATA = "latest.weights.h5", "training_metadata.json"
+
+
 def backup_states(backup_dir):
-    """The backups in `backup_dir`, newest first, as `(completed_epochs, path)` pairs."""
+    """The backups in `backup_dir`, newest first, as `(completed_epochs, path)` pairs.
+
+    A backup that Keras' `BackupAndRestore` wrote (earlier versions of
+    ddpm-keras used it) counts too, so such an interrupted run resumes.
+    """
     backup_dir = os.fspath(backup_dir)
     if not os.path.isdir(backup_dir):
         return []
     states = []
+    metadata = os.path.join(backup_dir, _KERAS_METADATA)
+    if os.path.exists(os.path.join(backup_dir, _KERAS_BACKUP)) and os.path.exists(metadata):
+        try:
+            with open(metadata, encoding="utf-8") as file:
+                epoch = int(json.load(file)["epoch"])
+            states.append((epoch, os.path.join(backup_dir, _KERAS_BACKUP)))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable metadata: not a state to resume from
     for name in os.listdir(backup_dir):
         number = name[len(_BACKUP_PREFIX) : -len(_BACKUP_SUFFIX)]
         if name.startswith(_BACKUP_PREFIX) and name.endswith(_BACKUP_SUFFIX) and number.isdigit():
@@ -172,6 +189,8 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
     def _prune(self, keep):
         for _, path in backup_states(self.backup_dir)[keep:]:
             os.remove(path)
+            if os.path.basename(path) == _KERAS_BACKUP:
+                os.remove(os.path.join(self.backup_dir, _KERAS_METADATA))
 
 
 def backup_and_restore(backup_dir):
