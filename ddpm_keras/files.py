@@ -21,7 +21,7 @@ import numpy as np
 
 from ddpm_keras.errors import ConfigError
 
-# Fault injection for the reliability tests (tests/test_reliability.py) and
+# Fault injection for the reliability tests (tests/test_resume.py) and
 # the soak script (scripts/soak_resume.py). Every atomic write has two write
 # points, "<path>:before" (the temporary file is complete, not yet renamed)
 # and "<path>:after" (renamed). "<fault>@<n>" makes the n-th write point of

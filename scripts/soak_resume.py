@@ -32,8 +32,7 @@ import sys
 import tempfile
 import time
 
-FAULT_VARIABLE = "DDPM_KERAS_INJECT_FAULT"  # ddpm_keras.files.FAULT_VARIABLE
-TRACE_VARIABLE = "DDPM_KERAS_WRITE_TRACE"  # ddpm_keras.files.FAULT_TRACE_VARIABLE
+from ddpm_keras.files import FAULT_TRACE_VARIABLE, FAULT_VARIABLE
 
 
 def train(flags, output_dir, env=None, kill_after=None):
@@ -92,7 +91,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(reference), exist_ok=True)
     trace = os.path.join(work_dir, "reference", "writes.tsv")
     start = time.perf_counter()
-    if train(args.flags, reference, env={TRACE_VARIABLE: trace}) != 0:
+    if train(args.flags, reference, env={FAULT_TRACE_VARIABLE: trace}) != 0:
         sys.exit(f"The uninterrupted run failed; see {os.path.dirname(reference)}/log.txt")
     duration = time.perf_counter() - start
     from ddpm_keras.model import load_diffusion_model

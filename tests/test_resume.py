@@ -82,7 +82,7 @@ KILL_POINTS = [
 
 
 @pytest.mark.slow
-def test_a_kill_at_each_kind_of_write_point_resumes_to_the_uninterrupted_run(tmp_path):
+def test_kills_at_seven_write_points_each_resume_to_the_uninterrupted_run(tmp_path):
     output_dir = tmp_path / "run"
     for point in KILL_POINTS:
         killed = run_training(output_dir, fault=f"kill@{point}")

@@ -187,20 +187,33 @@ def gaussian_denoiser(schedule, mean, std):
     return denoise
 
 
-@pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
-def test_dpm_solver_beats_ddim_on_gaussian_data(schedule_name):
-    # For Gaussian data the probability-flow ODE is solved in closed form: the
-    # standardised value z = (x_t - a_t mean) / sqrt(a_t^2 std^2 + s_t^2) stays
-    # constant. Both samplers end with E[x_0 | x_t] at t = 0, so the exact
-    # output is mean + a_0 std^2 z / sqrt(a_0^2 std^2 + s_0^2).
-    schedule = NoiseSchedule(schedule_name, timesteps=1000)
-    mean, std = 0.3, 0.5
-    denoise = gaussian_denoiser(schedule, mean, std)
+def gaussian_ode_problem(schedule, mean=0.3, std=0.5):
+    """The exact denoiser of N(mean, std^2) data, a start x_T, and the exact x_0.
+
+    For Gaussian data the probability-flow ODE is solved in closed form: the
+    standardised value z = (x_t - a_t mean) / sqrt(a_t^2 std^2 + s_t^2) stays
+    constant. The samplers end with E[x_0 | x_t] at t = 0, so the exact
+    output is mean + a_0 std^2 z / sqrt(a_0^2 std^2 + s_0^2).
+
+    Returns:
+        `(denoise, initial, exact)`: the eps-network, float64 x_T of shape
+        [4, 6, 6, 1], and the float64 exact result from it.
+    """
+    last = schedule.timesteps - 1
     a = np.sqrt(schedule.alphas_cumprod)
     s = np.sqrt(1.0 - schedule.alphas_cumprod)
     initial = tf.random.stateless_normal((4, 6, 6, 1), seed=[0, 1]).numpy().astype(np.float64)
-    z = (initial - a[999] * mean) / np.sqrt(a[999] ** 2 * std**2 + s[999] ** 2)
+    z = (initial - a[last] * mean) / np.sqrt(a[last] ** 2 * std**2 + s[last] ** 2)
     exact = mean + a[0] * std**2 * z / np.sqrt(a[0] ** 2 * std**2 + s[0] ** 2)
+    return gaussian_denoiser(schedule, mean, std), initial, exact
+
+
+@pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
+def test_dpm_solver_beats_ddim_on_gaussian_data(schedule_name):
+    # The exact ODE solution of Gaussian data (gaussian_ode_problem) against
+    # each sampler's result.
+    schedule = NoiseSchedule(schedule_name, timesteps=1000)
+    denoise, initial, exact = gaussian_ode_problem(schedule)
 
     def error(sampler_class, steps):
         sampler = sampler_class(schedule, steps, clip_denoised=False)
@@ -291,18 +304,13 @@ def test_dpm_solver_first_order_onto_t0_beats_second_order(schedule_name):
     # Gaussian data at 20 steps: RMS error 0.119 against 0.023 (linear),
     # 0.050 against 0.0016 (cosine).
     schedule = NoiseSchedule(schedule_name, timesteps=1000)
-    mean, std = 0.3, 0.5
-    denoise = gaussian_denoiser(schedule, mean, std)
-    a = np.sqrt(schedule.alphas_cumprod)
-    s = np.sqrt(1.0 - schedule.alphas_cumprod)
-    initial = tf.random.stateless_normal((4, 6, 6, 1), seed=[0, 1]).numpy().astype(np.float64)
-    z = (initial - a[999] * mean) / np.sqrt(a[999] ** 2 * std**2 + s[999] ** 2)
-    exact = mean + a[0] * std**2 * z / np.sqrt(a[0] ** 2 * std**2 + s[0] ** 2)
+    denoise, initial, exact = gaussian_ode_problem(schedule)
     steps = 20
     first_order = DPMSolverPlusPlus2MSampler(schedule, steps, clip_denoised=False)
     second_order = DPMSolverPlusPlus2MSampler(schedule, steps, clip_denoised=False)
     t = second_order.timesteps
-    lambdas = np.log(a[t] / s[t])
+    alpha_bar = schedule.alphas_cumprod[t]
+    lambdas = 0.5 * np.log(alpha_bar / (1.0 - alpha_bar))  # log(alpha_t / sigma_t)
     # Algorithm 2's weight of x0_prev, -h / (2 h_prev), on the step onto t = 0.
     h, h_prev = lambdas[-1] - lambdas[-2], lambdas[-2] - lambdas[-3]
     second_order._previous_weight[steps - 2] = -0.5 * h / h_prev

@@ -32,15 +32,20 @@ def records_csv(records):
     return text.getvalue()
 
 
+def read_records(path):
+    """The per-epoch records of a `metrics.json` (`[]` if it does not exist)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)
+
+
 def recorded_history(path):
     """A `metrics.json` as a Keras-style history: key -> per-epoch values, epoch 1 first.
 
     Every key of the records but `epoch`; `{}` if the file does not exist.
     """
-    if not os.path.exists(path):
-        return {}
-    with open(path, encoding="utf-8") as file:
-        records = json.load(file)
+    records = read_records(path)
     keys = [key for key in records[0] if key != "epoch"] if records else []
     return {key: [record.get(key) for record in records] for key in keys}
 
@@ -66,12 +71,6 @@ class MetricsJSON(keras.callbacks.Callback):
         self.csv_path = None if csv_path is None else os.fspath(csv_path)
         self._epoch_start = None
 
-    def _read(self):
-        if not os.path.exists(self.path):
-            return []
-        with open(self.path, encoding="utf-8") as file:
-            return json.load(file)
-
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
 
@@ -80,7 +79,7 @@ class MetricsJSON(keras.callbacks.Callback):
         record.update({key: float(value) for key, value in (logs or {}).items()})
         record["learning_rate"] = current_learning_rate(self.model.optimizer)
         record["time_s"] = round(time.perf_counter() - self._epoch_start, 3)
-        records = [r for r in self._read() if r["epoch"] < record["epoch"]]
+        records = [r for r in read_records(self.path) if r["epoch"] < record["epoch"]]
         records.append(record)
         write_json(self.path, records)
         if self.csv_path is not None:
