@@ -26,6 +26,69 @@ def _sublayer_kwargs(parent):
     return {"dtype": parent.dtype_policy, "trainable": parent.trainable}
 
 
+def _group_means(channel_values, groups):
+    """`[B, C]` per-channel values -> `[B, 1, 1, C]`: each channel's group mean.
+
+    Every channel of a group has H x W values, so the mean of the channel
+    means is the mean over the group.
+    """
+    channels = channel_values.shape[-1]
+    per_group = channels // groups
+    group_means = ops.mean(
+        ops.reshape(channel_values, (-1, groups, per_group)), axis=-1, keepdims=True
+    )
+    group_means = ops.repeat(group_means, per_group, axis=-1)
+    return ops.reshape(group_means, (-1, 1, 1, channels))
+
+
+def group_norm(features, gamma, beta, groups, epsilon):
+    """Group normalization of float32 `[B, H, W, C]` features, with its gradient written out.
+
+    Forward: `x_hat = (x - mean) / sqrt(var + epsilon)` per sample and group
+    (two passes: the mean, then the variance of the centred values, which
+    keeps float32 precise when the mean is large), `y = gamma * x_hat + beta`.
+
+    Backward, for `g = dL/dy` and `N = H x W x C/G` values per group (the
+    standard batch-norm derivation, applied per group):
+    `dL/dx = inv_std * (gamma g - mean(gamma g) - x_hat mean(gamma g x_hat))`,
+    `dL/dgamma = sum(g x_hat)`, `dL/dbeta = sum(g)`. Written out, it is one
+    product and two reductions plus one multiply-add chain over the
+    activations; the automatic gradient of the forward ops is about twice as
+    many passes, and on a CPU each pass costs as much as the arithmetic.
+    """
+
+    @ops.custom_gradient
+    def normalize(features, gamma, beta):
+        pixels = features.shape[1] * features.shape[2]
+        centered = features - _group_means(ops.mean(features, axis=(1, 2)), groups)
+        variance = _group_means(ops.mean(ops.square(centered), axis=(1, 2)), groups)
+        inv_std = ops.rsqrt(variance + epsilon)  # [B, 1, 1, C], constant within a group
+        scale = inv_std * gamma
+
+        def gradient(*args, upstream=None):
+            upstream = args[0] if upstream is None else upstream
+            mean_upstream = ops.mean(upstream, axis=(1, 2))  # [B, C]
+            # mean(g x_hat) per channel: inv_std is constant over H and W.
+            mean_upstream_normed = ops.mean(upstream * centered, axis=(1, 2)) * ops.reshape(
+                inv_std, (-1, inv_std.shape[-1])
+            )
+            gamma_gradient = pixels * ops.sum(mean_upstream_normed, axis=0)
+            beta_gradient = pixels * ops.sum(mean_upstream, axis=0)
+            mean_term = _group_means(mean_upstream * gamma, groups)
+            normed_term = _group_means(mean_upstream_normed * gamma, groups)
+            # x_hat = centered * inv_std, so x_hat * inv_std = centered * inv_std^2.
+            features_gradient = (
+                scale * upstream
+                - inv_std * mean_term
+                - centered * (inv_std * inv_std * normed_term)
+            )
+            return features_gradient, gamma_gradient, beta_gradient
+
+        return centered * scale + beta, gradient
+
+    return normalize(features, gamma, beta)
+
+
 @keras.saving.register_keras_serializable(package="ddpm_keras")
 class GroupNorm(layers.GroupNormalization):
     """`keras.layers.GroupNormalization` for channels-last images, computed faster.
@@ -33,13 +96,9 @@ class GroupNorm(layers.GroupNormalization):
     The same weights (`gamma`, `beta`), config and results (to float32
     round-off), for 4-D `[B, H, W, C]` inputs. Keras computes the group
     statistics as one reduction over axes (1, 2, 4) of a `[B, H, W, G, C/G]`
-    view; TensorFlow's CPU kernels run that strided reduction slowly (about
-    half of the UNet's training step on 2 CPU cores, see BENCHMARKS.md).
-    Here each statistic is a mean over H and W per channel, then over the
-    channels of each group, which equals the mean over the group because
-    every channel has H x W values. Two passes: the mean first, then the
-    variance of the centred values, which keeps float32 precise when the
-    mean is large.
+    view, which TensorFlow's CPU kernels run slowly; `group_norm` reduces
+    contiguous per-channel means first and writes its gradient out (see
+    BENCHMARKS.md for what each step saves).
     """
 
     def __init__(self, groups=32, axis=-1, **kwargs):
@@ -58,26 +117,9 @@ class GroupNorm(layers.GroupNormalization):
         # Statistics in float32 even under mixed precision, as Keras does.
         features = ops.cast(inputs, "float32")
         channels = features.shape[-1]
-        per_group = channels // self.groups
-
-        def group_mean(values):
-            """`[B, H, W, C]` -> `[B, 1, 1, C]`: each channel's group mean."""
-            channel_means = ops.mean(values, axis=(1, 2))
-            group_means = ops.mean(
-                ops.reshape(channel_means, (-1, self.groups, per_group)), axis=-1, keepdims=True
-            )
-            group_means = ops.broadcast_to(
-                group_means, (ops.shape(group_means)[0], self.groups, per_group)
-            )
-            return ops.reshape(group_means, (-1, 1, 1, channels))
-
-        centered = features - group_mean(features)
-        scale = ops.rsqrt(group_mean(ops.square(centered)) + self.epsilon)
-        if self.scale:
-            scale = scale * ops.cast(self.gamma, "float32")
-        outputs = centered * scale
-        if self.center:
-            outputs = outputs + ops.cast(self.beta, "float32")
+        gamma = ops.cast(self.gamma, "float32") if self.scale else ops.ones((channels,))
+        beta = ops.cast(self.beta, "float32") if self.center else ops.zeros((channels,))
+        outputs = group_norm(features, gamma, beta, self.groups, self.epsilon)
         return ops.cast(outputs, self.compute_dtype)
 
 

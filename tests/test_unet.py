@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from ddpm_keras.unet import (
     GroupNorm,
@@ -109,6 +110,44 @@ def test_group_norm_equals_keras_group_normalization(policy):
     np.testing.assert_allclose(got, expected, atol=tolerance * np.abs(expected).max())
     # The same weights in the same order, so either layer loads the other's.
     assert [w.path.split("/")[-1] for w in ours.weights] == ["gamma", "beta"]
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_group_norm_gradients_equal_keras_group_normalization(policy):
+    """The written-out gradient against automatic differentiation of Keras' layer."""
+    rng = np.random.default_rng(1)
+    # A large mean and a non-uniform upstream gradient: every term of the
+    # backward formula matters.
+    images = tf.constant((5.0 + 0.5 * rng.standard_normal((3, 6, 5, 12))).astype(np.float32))
+    upstream = tf.constant(rng.standard_normal((3, 6, 5, 12)).astype(np.float32))
+    ours = GroupNorm(4, epsilon=1e-5, dtype=policy)
+    reference = keras.layers.GroupNormalization(4, epsilon=1e-5, dtype=policy)
+    ours.build(images.shape)
+    reference.build(images.shape)
+    reference.gamma.assign(rng.standard_normal(12).astype(np.float32) + 1.0)
+    reference.beta.assign(rng.standard_normal(12).astype(np.float32))
+    ours.set_weights(reference.get_weights())
+
+    def gradients(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            loss = tf.reduce_sum(tf.cast(layer(images), tf.float32) * upstream)
+        return tape.gradient(loss, [images, layer.gamma.value, layer.beta.value])
+
+    # float32: a few units of round-off on sums of 90 values (x_hat is O(1));
+    # bfloat16 inputs carry 8 mantissa bits, so both layers see rounded
+    # inputs and differ by bfloat16 round-off of the normalized values.
+    tolerance = 1e-5 if policy == "float32" else 2e-2
+    for name, got, expected in zip(
+        ("inputs", "gamma", "beta"), gradients(ours), gradients(reference), strict=True
+    ):
+        expected = np.asarray(expected, np.float32)
+        np.testing.assert_allclose(
+            np.asarray(got, np.float32),
+            expected,
+            atol=tolerance * np.abs(expected).max(),
+            err_msg=f"gradient of {name}",
+        )
 
 
 def test_group_norm_config_round_trip_and_bad_arguments():
