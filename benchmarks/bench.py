@@ -10,12 +10,22 @@ order, and so on, so that whatever else the machine does hits them alike.
     python benchmarks/bench.py --variants tf-float32 tf-float32-real --manual-dir DIR
     python benchmarks/bench.py --ancestral --rounds 1  # adds 1000-step ancestral sampling
     python benchmarks/bench.py --smoke                 # seconds; what CI runs
+    python benchmarks/bench.py --variants tf-float32 tf-mixed_bfloat16 torch-eager torch-bf16 \
+        --sample-images 500                            # 16-bit against 16-bit, FID-sized sampling
 
 Variants: `tf-<precision>[-xla]` (graph mode or XLA), `tf-float32-real` (the
 real Fashion-MNIST pipeline of `ddpm_keras.data` instead of one in-memory
 batch; needs `--manual-dir`), `torch-eager` and `torch-compile` (the twin in
 `torch_twin.py`, same architecture, parameter count, batch, loss, Adam and
-EMA; needs the `bench` extra).
+EMA; needs the `bench` extra), and `torch-bf16` (the eager twin under
+`torch.autocast("cpu", torch.bfloat16)`, PyTorch's mixed precision: the
+network's convolutions and matrix products in bfloat16, the weights, Adam
+and EMA in float32, as Keras' `mixed_bfloat16`).
+
+The ceiling: a 2048 x 2048 matmul in each framework, in float32 and in
+bfloat16; the faster framework's figure is the machine's ceiling at that
+precision, and every row's GFLOP/s is given as a share of the ceiling of its
+own precision.
 
 Prints a Markdown table and writes it, with the raw numbers, as JSON.
 """
@@ -35,11 +45,18 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 TF_VARIANTS = tuple(f"tf-{p}{xla}" for p in PRECISIONS for xla in ("", "-xla"))
-VARIANTS = (*TF_VARIANTS, "tf-float32-real", "torch-eager", "torch-compile")
+TORCH_VARIANTS = ("torch-eager", "torch-compile", "torch-bf16")
+VARIANTS = (*TF_VARIANTS, "tf-float32-real", *TORCH_VARIANTS)
 DEFAULT_VARIANTS = ("tf-float32", "tf-float32-xla", "torch-eager", "torch-compile")
-# Zen 3 (this machine) and other AVX2 cores: two 256-bit FMA units per core,
-# so 2 FMA x 8 float32 lanes x 2 FLOP = 32 FLOP per cycle per core.
-FLOP_PER_CYCLE_PER_CORE = 32
+# AVX2 cores with two 256-bit FMA units (AMD Zen 2 and 3): 2 FMA x 8 float32
+# lanes x 2 FLOP = 32 FLOP per cycle per core. AVX-512 cores with two FMA
+# units: 64.
+FLOP_PER_CYCLE_PER_CORE = {"avx2": 32, "avx512f": 64}
+
+
+def variant_precision(variant):
+    """`"bfloat16"` for the 16-bit variants, else `"float32"`: which ceiling applies."""
+    return "bfloat16" if "bf16" in variant or "bfloat16" in variant else "float32"
 
 
 def parse_args(argv=None):
@@ -196,7 +213,16 @@ def measure_torch(args, variant):
     torch.manual_seed(0)
     network = torch_network(config)
     compiled = variant == "torch-compile"
-    forward = torch.compile(network) if compiled else network
+    compiled_network = torch.compile(network) if compiled else network
+    if variant == "torch-bf16":
+
+        def forward(*inputs):
+            # The loss (in training_loss) is computed from the float32 output.
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return compiled_network(*inputs).float()
+
+    else:
+        forward = compiled_network
     schedule = TorchNoiseSchedule(config.schedule, config.timesteps)
     # Keras' Adam epsilon; foreach Adam is PyTorch's default on CPU.
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate, eps=1e-7)
@@ -283,8 +309,23 @@ def count_flops(args):
     return {"train_flop_per_image": train, "forward_flop_per_image": forward}
 
 
+def cpu_model():
+    """The CPU's model name, family and model numbers (`/proc/cpuinfo`)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
 def cpu_peak_gflops():
-    """Nominal float32 peak: cores x reported clock x FLOP per cycle (AVX2 FMA).
+    """Nominal float32 peak: cores x reported clock x FLOP per cycle (FMA width).
 
     The reported clock is not the boost clock, so a large matmul can beat it
     (see `measure_matmul_gflops`, the practical ceiling).
@@ -300,20 +341,40 @@ def cpu_peak_gflops():
         pass
     if mhz is None:
         return None
-    return len(os.sched_getaffinity(0)) * mhz / 1000 * FLOP_PER_CYCLE_PER_CORE
+    from ddpm_keras.precision import cpu_flags
+
+    width = "avx512f" if "avx512f" in cpu_flags() else "avx2"
+    return len(os.sched_getaffinity(0)) * mhz / 1000 * FLOP_PER_CYCLE_PER_CORE[width]
 
 
-def measure_matmul_gflops():
-    """Runs in a child: what a large float32 matmul reaches in TensorFlow (practical peak)."""
-    import tensorflow as tf
+MATMUL_SIZE = 2048
 
-    size = 2048
-    a = tf.random.normal((size, size))
-    b = tf.random.normal((size, size))
-    matmul = tf.function(lambda: tf.matmul(a, b))
-    matmul().numpy()
-    seconds = min(timed(lambda: matmul().numpy()) for _ in range(5))
-    return {"gflops": 2 * size**3 / seconds / 1e9}
+
+def measure_matmul_gflops(framework):
+    """Runs in a child: GFLOP/s of a large matmul, float32 and bfloat16 (the practical peak)."""
+    size = MATMUL_SIZE
+    if framework == "tf":
+        import tensorflow as tf
+
+        def matmul_of(dtype):
+            a = tf.cast(tf.random.normal((size, size)), dtype)
+            b = tf.cast(tf.random.normal((size, size)), dtype)
+            matmul = tf.function(lambda: tf.matmul(a, b))
+            return lambda: matmul().numpy()
+    else:
+        import torch
+
+        def matmul_of(dtype):
+            a = torch.randn(size, size).to(getattr(torch, dtype))
+            b = torch.randn(size, size).to(getattr(torch, dtype))
+            return lambda: torch.matmul(a, b)
+
+    result = {}
+    for dtype in ("float32", "bfloat16"):
+        matmul = matmul_of(dtype)
+        matmul()
+        result[dtype] = 2 * size**3 / min(timed(matmul) for _ in range(5)) / 1e9
+    return result
 
 
 # Driver ----------------------------------------------------------------------
@@ -339,8 +400,8 @@ def run_child(kind, argv):
 
 
 def child_main(args):
-    if args.child == "matmul":
-        return measure_matmul_gflops()
+    if args.child.startswith("matmul-"):
+        return measure_matmul_gflops(args.child.removeprefix("matmul-"))
     if args.child == "flops":
         return count_flops(args)
     if args.child.startswith("torch-"):
@@ -353,7 +414,7 @@ def spread(values):
     return statistics.median(values), min(values), max(values)
 
 
-def summarize(variant, runs, args, flops):
+def summarize(variant, runs, args, flops, ceilings=None):
     """Pools the rounds of one variant into one row."""
     step_times = [s for run in runs for s in run["step_s"]]
     batch_size = runs[0]["batch_size"]
@@ -380,13 +441,17 @@ def summarize(variant, runs, args, flops):
         )
     if flops:
         row["train_gflops"] = flops["train_flop_per_image"] * batch_size / step_median / 1e9
+        ceiling = (ceilings or {}).get(variant_precision(variant))
+        if ceiling:
+            row["ceiling_share"] = row["train_gflops"] / ceiling
     return row
 
 
 def markdown_table(rows, args):
     ancestral = args.ancestral
     header = (
-        "| variant | train img/s | step s: median (min-max) | GFLOP/s | first step s "
+        "| variant | train img/s | step s: median (min-max) | GFLOP/s | share of ceiling "
+        "| first step s "
         f"| DDIM-{args.sample_steps} img/s: median (min-max) |"
         + (" ancestral img/s |" if ancestral else "")
         + " peak RSS MiB: train / +sampling |"
@@ -399,6 +464,7 @@ def markdown_table(rows, args):
             f"{r['train_images_per_s']:.1f}",
             f"{r['step_s_median']:.3f} ({r['step_s_min']:.3f}-{r['step_s_max']:.3f})",
             f"{r['train_gflops']:.1f}" if "train_gflops" in r else "n/a",
+            f"{100 * r['ceiling_share']:.0f}%" if "ceiling_share" in r else "n/a",
             f"{r['first_step_s']:.1f}",
             f"{ddim[0]:.1f} ({ddim[1]:.1f}-{ddim[2]:.1f})",
         ]
@@ -407,6 +473,34 @@ def markdown_table(rows, args):
         cells.append(f"{r['train_peak_rss_mib']:.0f} / {r['peak_rss_mib']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def machine_report(args, argv, torch_available):
+    """The CPU, its nominal peak and the measured matmul ceilings (skipped by --smoke)."""
+    from ddpm_keras.precision import cpu_flags
+
+    flags = cpu_flags()
+    machine = {
+        "processor": platform.processor() or platform.machine(),
+        **cpu_model(),
+        "flags_of_note": sorted(
+            flags & {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16"}
+        ),
+        "cpus": len(os.sched_getaffinity(0)),
+        "peak_gflops_nominal": cpu_peak_gflops(),
+        "matmul_gflops": {},
+        "matmul_ceiling_gflops": {},
+    }
+    if args.smoke:
+        return machine
+    frameworks = ["tf", "torch"] if torch_available else ["tf"]
+    for framework in frameworks:
+        machine["matmul_gflops"][framework] = run_child(f"matmul-{framework}", argv)
+    for dtype in ("float32", "bfloat16"):
+        machine["matmul_ceiling_gflops"][dtype] = max(
+            machine["matmul_gflops"][f][dtype] for f in frameworks
+        )
+    return machine
 
 
 def interleaved_order(variants, rounds):
@@ -443,17 +537,15 @@ def main(argv=None):
             f"step {statistics.median(run['step_s']):.3f} s, DDIM {run['ddim_s']:.1f} s",
             flush=True,
         )
-    rows = [summarize(variant, runs[variant], args, flops) for variant in args.variants]
+    machine = machine_report(args, argv, torch_available=flops is not None)
+    rows = [
+        summarize(variant, runs[variant], args, flops, machine["matmul_ceiling_gflops"])
+        for variant in args.variants
+    ]
     parameter_counts = {row["variant"]: row["parameters"] for row in rows}
     if len(set(parameter_counts.values())) != 1:
         raise SystemExit(f"The variants' networks differ in size: {parameter_counts}")
 
-    machine = {
-        "processor": platform.processor() or platform.machine(),
-        "cpus": len(os.sched_getaffinity(0)),
-        "peak_gflops_nominal": cpu_peak_gflops(),
-        "matmul_gflops_tensorflow": None if args.smoke else run_child("matmul", argv)["gflops"],
-    }
     table = markdown_table(rows, args)
     print(
         f"\n{args.preset} preset, batch {rows[0]['batch_size']}, {rows[0]['parameters']:,} "

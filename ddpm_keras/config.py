@@ -20,7 +20,7 @@ DEFAULT_OUTPUT_DIR = os.path.join("artifacts", "tensorflow_diffusion")
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ddim", "ddpm", "dpmpp_2m")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 LEARNING_RATE_SCHEDULES = ("constant", "cosine")
 PREDICTIONS = ("epsilon", "x0", "v")
 # Classifier-free guidance of labelled samples unless a caller says otherwise:
@@ -105,8 +105,10 @@ class DiffusionConfig:
         devices: Devices for `strategy="mirrored"`, e.g. `("GPU:0", "GPU:1")`
             (`None`: all GPUs, else the CPU).
         precision: Keras dtype policy of the network: `"float32"`,
-            `"mixed_float16"` or `"mixed_bfloat16"`. The schedule, the loss
-            and the samplers always run in float32.
+            `"mixed_float16"` or `"mixed_bfloat16"`, or `"auto"`: 16-bit
+            where the hardware computes in 16 bits, else float32 (the rule
+            is in `ddpm_keras.precision`). The schedule, the loss and the
+            samplers always run in float32.
         jit_compile: Compile the training step with XLA.
     """
 

@@ -16,6 +16,7 @@ import tensorflow as tf
 from ddpm_keras.config import DEFAULT_GUIDANCE_SCALE, check_field
 from ddpm_keras.errors import ConfigError, MissingFileError
 from ddpm_keras.pipeline import SamplingPipeline, SamplingSettings, label_ids
+from ddpm_keras.precision import resolve_precision
 from ddpm_keras.schedule import NoiseSchedule
 
 
@@ -370,6 +371,7 @@ def build_model(config, image_shape, class_names=None):
     class_names = list(class_names) if config.class_conditional else None
     from ddpm_keras.unet import build_unet
 
+    policy, _ = resolve_precision(config.precision)
     network = build_unet(
         image_shape,
         base_channels=config.base_channels,
@@ -378,7 +380,7 @@ def build_model(config, image_shape, class_names=None):
         attention=config.attention,
         norm_groups=config.norm_groups,
         num_classes=None if class_names is None else len(class_names),
-        dtype=config.precision,
+        dtype=policy,
     )
     schedule = NoiseSchedule(config.schedule, config.timesteps, config.beta_start, config.beta_end)
     # The model's own policy decides whether `compile` wraps the optimizer in
@@ -391,7 +393,7 @@ def build_model(config, image_shape, class_names=None):
         min_snr_gamma=config.min_snr_gamma,
         class_names=class_names,
         label_dropout=config.label_dropout,
-        dtype=config.precision,
+        dtype=policy,
     )
 
 

@@ -26,6 +26,7 @@ from ddpm_keras.files import (
 )
 from ddpm_keras.model import build_model, load_diffusion_model
 from ddpm_keras.pipeline import SamplingSettings
+from ddpm_keras.precision import resolve_precision
 from ddpm_keras.run_dir import (
     RunProgress,
     check_same_run,
@@ -97,6 +98,9 @@ def start_run(config: DiffusionConfig, strategy=None, overwrite=False) -> Run:
             "to train it further."
         )
     else:
+        if config.precision == "auto":
+            policy, reason = resolve_precision("auto")
+            print(f"Precision auto: {policy} ({reason}).")
         prepare_data(config)
         keras.utils.set_random_seed(config.seed)
     return Run(strategy, complete, progress.completed_epochs)

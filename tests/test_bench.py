@@ -28,10 +28,11 @@ def run_bench(*args):
 def test_bench_smoke_writes_a_result_table(tmp_path):
     pytest.importorskip("torch")
     output = tmp_path / "bench.json"
-    result = run_bench("--smoke", "--output", str(output))
+    variants = ["tf-float32", "torch-eager", "torch-bf16"]
+    result = run_bench("--smoke", "--variants", *variants, "--output", str(output))
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(output.read_text())
-    assert [row["variant"] for row in report["rows"]] == ["tf-float32", "torch-eager"]
+    assert [row["variant"] for row in report["rows"]] == variants
     for row in report["rows"]:
         assert row["timed_steps"] == 2 and row["step_s_min"] > 0
         assert row["peak_rss_mib"] >= row["train_peak_rss_mib"] > 0
@@ -39,7 +40,7 @@ def test_bench_smoke_writes_a_result_table(tmp_path):
     # The script asserts the twins' sizes are equal; the report says it.
     assert len({row["parameters"] for row in report["rows"]}) == 1
     assert report["flops"]["train_flop_per_image"] > 2 * report["flops"]["forward_flop_per_image"]
-    for variant in ("tf-float32", "torch-eager"):
+    for variant in variants:
         assert f"| {variant} |" in report["table"] and f"| {variant} |" in result.stdout
 
 
