@@ -22,8 +22,8 @@ EMA; needs the `bench` extra), and `torch-bf16` (the eager twin under
 network's convolutions and matrix products in bfloat16, the weights, Adam
 and EMA in float32, as Keras' `mixed_bfloat16`).
 
-The ceiling: a 2048 x 2048 matmul in each framework, in float32 and in
-bfloat16; the faster framework's figure is the machine's ceiling at that
+The ceiling: a 2048 x 2048 matmul in each framework, in float32, bfloat16
+and float16; the faster framework's figure is the machine's ceiling at that
 precision, and every row's GFLOP/s is given as a share of the ceiling of its
 own precision.
 
@@ -49,14 +49,20 @@ TORCH_VARIANTS = ("torch-eager", "torch-compile", "torch-bf16")
 VARIANTS = (*TF_VARIANTS, "tf-float32-real", *TORCH_VARIANTS)
 DEFAULT_VARIANTS = ("tf-float32", "tf-float32-xla", "torch-eager", "torch-compile")
 # AVX2 cores with two 256-bit FMA units (AMD Zen 2 and 3): 2 FMA x 8 float32
-# lanes x 2 FLOP = 32 FLOP per cycle per core. AVX-512 cores with two FMA
-# units: 64.
+# lanes x 2 FLOP = 32 FLOP per cycle per core. AVX-512 cores: 64, which
+# assumes two 512-bit FMA units; cores with one (some Xeons) or with 256-bit
+# units (Zen 4) reach half, so there the nominal peak is an upper bound.
 FLOP_PER_CYCLE_PER_CORE = {"avx2": 32, "avx512f": 64}
 
 
+CEILING_DTYPES = ("float32", "bfloat16", "float16")
+
+
 def variant_precision(variant):
-    """`"bfloat16"` for the 16-bit variants, else `"float32"`: which ceiling applies."""
-    return "bfloat16" if "bf16" in variant or "bfloat16" in variant else "float32"
+    """The arithmetic of a variant's convolutions: which matmul ceiling applies."""
+    if "bf16" in variant or "bfloat16" in variant:
+        return "bfloat16"
+    return "float16" if "float16" in variant else "float32"
 
 
 def parse_args(argv=None):
@@ -69,6 +75,9 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=15, help="timed training steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--sample-images", type=int, default=64)
+    parser.add_argument(
+        "--sample-batch", type=int, default=64, help="images per sampling batch, both frameworks"
+    )
     parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
     parser.add_argument("--ancestral", action="store_true", help="also time ancestral sampling")
     parser.add_argument("--manual-dir", help="Fashion-MNIST .gz files, for tf-float32-real")
@@ -80,11 +89,11 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.smoke:
         args.preset, args.rounds, args.steps, args.warmup = "smoke", 1, 2, 1
-        args.sample_images, args.sample_steps = 4, 2
+        args.sample_images, args.sample_steps, args.sample_batch = 4, 2, 4
         # torch.compile alone takes minutes to compile; the smoke skips it.
         args.variants = args.variants or ["tf-float32", "torch-eager"]
     args.variants = args.variants or list(DEFAULT_VARIANTS)
-    for name in ("rounds", "steps", "warmup", "sample_images", "sample_steps"):
+    for name in ("rounds", "steps", "warmup", "sample_images", "sample_batch", "sample_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if "tf-float32-real" in args.variants and not args.manual_dir:
@@ -165,7 +174,11 @@ def measure_tensorflow(args, variant):
 
     def sample(sampler, seed):
         return lambda: model.generate(
-            args.sample_images, sampler=sampler, steps=sample_steps[sampler], seed=seed
+            args.sample_images,
+            sampler=sampler,
+            steps=sample_steps[sampler],
+            seed=seed,
+            batch_size=args.sample_batch,
         )
 
     sample_steps = {"ddim": args.sample_steps, "ddpm": config.timesteps}
@@ -255,17 +268,19 @@ def measure_torch(args, variant):
     }
 
     network.eval()
-    shape = (args.sample_images, 28, 28, 1)
 
     def sample(sampler, seed):
         def run():
+            # In batches of --sample-batch, as model.generate samples.
             generator = torch.Generator().manual_seed(seed)
-            initial = torch.randn(shape, generator=generator)
-            noises = None
-            if sampler.uses_noise:
-                noises = torch.randn((sampler.num_steps, *shape), generator=generator)
-            with torch.inference_mode():
-                sample_loop(forward, sampler, initial, noises)
+            for start in range(0, args.sample_images, args.sample_batch):
+                shape = (min(args.sample_batch, args.sample_images - start), 28, 28, 1)
+                initial = torch.randn(shape, generator=generator)
+                noises = None
+                if sampler.uses_noise:
+                    noises = torch.randn((sampler.num_steps, *shape), generator=generator)
+                with torch.inference_mode():
+                    sample_loop(forward, sampler, initial, noises)
 
         return run
 
@@ -351,7 +366,7 @@ MATMUL_SIZE = 2048
 
 
 def measure_matmul_gflops(framework):
-    """Runs in a child: GFLOP/s of a large matmul, float32 and bfloat16 (the practical peak)."""
+    """Runs in a child: GFLOP/s of a large matmul per `CEILING_DTYPES` (the practical peak)."""
     size = MATMUL_SIZE
     if framework == "tf":
         import tensorflow as tf
@@ -370,7 +385,7 @@ def measure_matmul_gflops(framework):
             return lambda: torch.matmul(a, b)
 
     result = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in CEILING_DTYPES:
         matmul = matmul_of(dtype)
         matmul()
         result[dtype] = 2 * size**3 / min(timed(matmul) for _ in range(5)) / 1e9
@@ -496,7 +511,7 @@ def machine_report(args, argv, torch_available):
     frameworks = ["tf", "torch"] if torch_available else ["tf"]
     for framework in frameworks:
         machine["matmul_gflops"][framework] = run_child(f"matmul-{framework}", argv)
-    for dtype in ("float32", "bfloat16"):
+    for dtype in CEILING_DTYPES:
         machine["matmul_ceiling_gflops"][dtype] = max(
             machine["matmul_gflops"][f][dtype] for f in frameworks
         )
@@ -549,7 +564,8 @@ def main(argv=None):
     table = markdown_table(rows, args)
     print(
         f"\n{args.preset} preset, batch {rows[0]['batch_size']}, {rows[0]['parameters']:,} "
-        f"parameters; {args.rounds} interleaved rounds x {args.steps} timed steps"
+        f"parameters; {args.rounds} interleaved rounds x {args.steps} timed steps; "
+        f"DDIM-{args.sample_steps} of {args.sample_images} images in batches of {args.sample_batch}"
     )
     if flops:
         print(

@@ -42,6 +42,9 @@ class Run:
     """A started run: what `start_run` returns.
 
     Attributes:
+        config: The config the run trains with: the one given, with
+            `precision="auto"` resolved to a dtype policy (as recorded in
+            `config.json`).
         strategy: The `tf.distribute.Strategy` to train under.
         complete: The output directory already holds this run, trained to
             `config.epochs` with its model saved: there is nothing to do.
@@ -49,6 +52,7 @@ class Run:
             resumes after them.
     """
 
+    config: DiffusionConfig
     strategy: object
     complete: bool
     completed_epochs: int
@@ -86,6 +90,7 @@ def start_run(config: DiffusionConfig, strategy=None, overwrite=False) -> Run:
     if strategy is None:
         strategy = make_strategy(config.strategy, config.devices)
     check_jit_compile(strategy, config.jit_compile)
+    config = _resolve_auto_precision(config, strategy)
     if is_chief(strategy):
         progress = _take_output_dir(config, overwrite)
     else:
@@ -98,12 +103,21 @@ def start_run(config: DiffusionConfig, strategy=None, overwrite=False) -> Run:
             "to train it further."
         )
     else:
-        if config.precision == "auto":
-            policy, reason = resolve_precision("auto")
-            print(f"Precision auto: {policy} ({reason}).")
         prepare_data(config)
         keras.utils.set_random_seed(config.seed)
-    return Run(strategy, complete, progress.completed_epochs)
+    return Run(config, strategy, complete, progress.completed_epochs)
+
+
+def _resolve_auto_precision(config, strategy):
+    # Resolved before the same-run check, so config.json records the policy
+    # the run trains with: resuming on devices that resolve `auto`
+    # differently is then refused like any other change of numerics.
+    if config.precision != "auto":
+        return config
+    policy, reason = resolve_precision("auto", strategy.extended.worker_devices)
+    if is_chief(strategy):
+        print(f"Precision auto: {policy} ({reason}).")
+    return config.replace(precision=policy)
 
 
 def _take_output_dir(config, overwrite):
@@ -245,7 +259,7 @@ def train(config: DiffusionConfig, callbacks=(), strategy=None, overwrite=False)
         run = start_run(config, strategy, overwrite=overwrite)
         history = {}
         if not run.complete:
-            history = _fit(config, run.strategy, callbacks)
+            history = _fit(run.config, run.strategy, callbacks)
         return recorded_history(config.metrics_path) if is_chief(run.strategy) else history
     finally:
         unlock_output_dir(config.output_dir)

@@ -51,15 +51,18 @@ def group_norm(features, gamma, beta, groups, epsilon):
     Backward, for `g = dL/dy` and `N = H x W x C/G` values per group (the
     standard batch-norm derivation, applied per group):
     `dL/dx = inv_std * (gamma g - mean(gamma g) - x_hat mean(gamma g x_hat))`,
-    `dL/dgamma = sum(g x_hat)`, `dL/dbeta = sum(g)`. Written out, it is one
-    product and two reductions plus one multiply-add chain over the
-    activations; the automatic gradient of the forward ops is about twice as
-    many passes, and on a CPU each pass costs as much as the arithmetic.
+    `dL/dgamma = sum(g x_hat)`, `dL/dbeta = sum(g)`, the means over a
+    group's N values. Written out, it is one product, two reductions and one
+    multiply-add chain over the activations: fewer passes than the automatic
+    gradient, which differentiates every mean, broadcast and product of the
+    forward on its own. On a CPU this layer is bound by memory traffic, so
+    passes are what it costs.
     """
 
     @ops.custom_gradient
     def normalize(features, gamma, beta):
-        pixels = features.shape[1] * features.shape[2]
+        shape = ops.shape(features)
+        pixels = ops.cast(shape[1] * shape[2], "float32")  # H and W may be unknown until run
         centered = features - _group_means(ops.mean(features, axis=(1, 2)), groups)
         variance = _group_means(ops.mean(ops.square(centered), axis=(1, 2)), groups)
         inv_std = ops.rsqrt(variance + epsilon)  # [B, 1, 1, C], constant within a group
@@ -117,8 +120,8 @@ class GroupNorm(layers.GroupNormalization):
         # Statistics in float32 even under mixed precision, as Keras does.
         features = ops.cast(inputs, "float32")
         channels = features.shape[-1]
-        gamma = ops.cast(self.gamma, "float32") if self.scale else ops.ones((channels,))
-        beta = ops.cast(self.beta, "float32") if self.center else ops.zeros((channels,))
+        gamma = ops.cast(self.gamma, "float32") if self.scale else ops.ones((channels,), "float32")
+        beta = ops.cast(self.beta, "float32") if self.center else ops.zeros((channels,), "float32")
         outputs = group_norm(features, gamma, beta, self.groups, self.epsilon)
         return ops.cast(outputs, self.compute_dtype)
 

@@ -29,7 +29,7 @@ def main(argv=None):
     run = start_run(config, overwrite=args.overwrite)
     if run.complete:  # trained to --epochs already: nothing to do
         return 0
-    strategy = run.strategy
+    config, strategy = run.config, run.strategy  # config: --precision auto resolved
     train_ds, val_ds, image_shape = load_dataset(config)
     with strategy.scope():  # model, optimizer and metrics live on every replica
         # A class-conditional model keeps the dataset's label names.

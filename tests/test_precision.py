@@ -5,12 +5,14 @@ import pytest
 from ddpm_keras import precision
 from ddpm_keras.config import get_config
 from ddpm_keras.model import build_model
-from ddpm_keras.precision import cpu_flags, resolve_precision
+from ddpm_keras.precision import cpu_flags, device_type, resolve_precision
+
+CPU = ["/job:localhost/replica:0/task:0/device:CPU:0"]
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
 def test_named_policies_are_kept_whatever_the_hardware(policy):
-    assert resolve_precision(policy, gpu_capabilities=[(8, 0)], flags={"amx_bf16"}) == (
+    assert resolve_precision(policy, ["TPU:0"], [(8, 0)], flags={"amx_bf16"}) == (
         policy,
         "",
     )
@@ -26,7 +28,7 @@ def test_named_policies_are_kept_whatever_the_hardware(policy):
     ],
 )
 def test_auto_on_cpus_uses_bfloat16_only_where_the_cpu_computes_in_it(flags, expected):
-    policy, reason = resolve_precision("auto", gpu_capabilities=[], flags=flags)
+    policy, reason = resolve_precision("auto", CPU, gpu_capabilities=[], flags=flags)
     assert policy == expected
     assert reason
 
@@ -39,11 +41,22 @@ def test_auto_on_cpus_uses_bfloat16_only_where_the_cpu_computes_in_it(flags, exp
         ([(6, 1)], "float32"),
         # The oldest GPU decides: every replica must run the same policy.
         ([(9, 0), (7, 0)], "mixed_float16"),
+        # A GPU TensorFlow reports no capability for: no guess.
+        ([None], "float32"),
     ],
 )
 def test_auto_on_gpus_follows_the_oldest_gpus_tensor_cores(capabilities, expected):
-    # A GPU decides, whatever the CPU has.
-    assert resolve_precision("auto", capabilities, flags={"amx_bf16"})[0] == expected
+    # The GPUs decide, whatever the CPU has; so do they when the devices
+    # are left to what is visible.
+    for devices in (["GPU:0", "GPU:1"], None):
+        assert resolve_precision("auto", devices, capabilities, flags={"amx_bf16"})[0] == expected
+
+
+def test_auto_follows_the_devices_the_run_trains_on():
+    # A run on the CPU of a machine with a GPU gets the CPU's rule.
+    assert resolve_precision("auto", CPU, [(8, 0)], flags={"avx2"})[0] == "float32"
+    assert resolve_precision("auto", ["/device:TPU:0"], [], flags={"avx2"})[0] == "mixed_bfloat16"
+    assert [device_type(d) for d in (CPU, ["GPU:0"], ["TPU:3"])] == ["CPU", "GPU", "TPU"]
 
 
 def test_cpu_flags_reads_cpuinfo(tmp_path):

@@ -1,4 +1,7 @@
-"""The optimizer a run builds: learning-rate schedule, warm-up and clipping."""
+"""The building blocks of a run: the optimizer (learning-rate schedule, warm-up and
+clipping), the saved step, and the policy `start_run` resolves `precision="auto"` to."""
+
+import json
 
 import keras
 import numpy as np
@@ -6,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from ddpm_keras.config import get_config
+from ddpm_keras.errors import ConfigError
 from ddpm_keras.model import load_diffusion_model
 from ddpm_keras.training import build_optimizer, learning_rate_schedule, steps_per_epoch
 
@@ -91,3 +95,28 @@ def test_a_saved_model_keeps_its_schedule_and_step(tiny_model, tmp_path):
     # 2 epochs x 3 steps - 2 warm-up steps = 4 decay steps; halfway at step 4.
     assert schedule.decay_steps == 4
     np.testing.assert_allclose(float(schedule(4)), 5e-4, rtol=1e-6)
+
+
+def test_start_run_records_the_policy_precision_auto_resolves_to(tmp_path, monkeypatch):
+    import ddpm_keras.training as training
+    from ddpm_keras import precision
+
+    monkeypatch.setattr(training, "prepare_data", lambda config: None)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    config = get_config("smoke", output_dir=str(tmp_path), precision="auto")
+    try:
+        run = training.start_run(config)
+    finally:
+        training.unlock_output_dir(config.output_dir)
+    assert run.config.precision == "mixed_bfloat16"
+    recorded = (tmp_path / "config.json").read_text()
+    assert json.loads(recorded)["precision"] == "mixed_bfloat16"
+    # The same command where `auto` means float32 would change the run's
+    # numerics: refused, and config.json is left as it was.
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    try:
+        with pytest.raises(ConfigError, match="precision"):
+            training.start_run(config)
+    finally:
+        training.unlock_output_dir(config.output_dir)
+    assert (tmp_path / "config.json").read_text() == recorded
