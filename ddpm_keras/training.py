@@ -114,7 +114,11 @@ def _resolve_auto_precision(config, strategy):
     # differently is then refused like any other change of numerics.
     if config.precision != "auto":
         return config
-    policy, reason = resolve_precision("auto", strategy.extended.worker_devices)
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: the visible devices
+        devices = None
+    policy, reason = resolve_precision("auto", devices)
     if is_chief(strategy):
         print(f"Precision auto: {policy} ({reason}).")
     return config.replace(precision=policy)
