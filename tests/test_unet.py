@@ -91,18 +91,25 @@ def test_saved_network_loads_in_safe_mode(tiny_network, tmp_path):
     )
 
 
+def group_norm_pair(policy, shape, rng):
+    """Our GroupNorm and Keras' GroupNormalization (4 groups) with the same random weights."""
+    ours = GroupNorm(4, epsilon=1e-5, dtype=policy)
+    reference = keras.layers.GroupNormalization(4, epsilon=1e-5, dtype=policy)
+    ours.build(shape)
+    reference.build(shape)
+    channels = shape[-1]
+    reference.gamma.assign(rng.standard_normal(channels).astype(np.float32) + 1.0)
+    reference.beta.assign(rng.standard_normal(channels).astype(np.float32))
+    ours.set_weights(reference.get_weights())
+    return ours, reference
+
+
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 def test_group_norm_equals_keras_group_normalization(policy):
     rng = np.random.default_rng(0)
     # A large mean: the two-pass variance must stay precise in float32.
     images = (5.0 + 0.5 * rng.standard_normal((3, 6, 5, 12))).astype(np.float32)
-    ours = GroupNorm(4, epsilon=1e-5, dtype=policy)
-    reference = keras.layers.GroupNormalization(4, epsilon=1e-5, dtype=policy)
-    ours.build(images.shape)
-    reference.build(images.shape)
-    reference.gamma.assign(rng.standard_normal(12).astype(np.float32) + 1.0)
-    reference.beta.assign(rng.standard_normal(12).astype(np.float32))
-    ours.set_weights(reference.get_weights())
+    ours, reference = group_norm_pair(policy, images.shape, rng)
     expected = keras.ops.convert_to_numpy(keras.ops.cast(reference(images), "float32"))
     got = keras.ops.convert_to_numpy(keras.ops.cast(ours(images), "float32"))
     assert ours(images).dtype == reference(images).dtype
@@ -120,13 +127,7 @@ def test_group_norm_gradients_equal_keras_group_normalization(policy):
     # backward formula matters.
     images = tf.constant((5.0 + 0.5 * rng.standard_normal((3, 6, 5, 12))).astype(np.float32))
     upstream = tf.constant(rng.standard_normal((3, 6, 5, 12)).astype(np.float32))
-    ours = GroupNorm(4, epsilon=1e-5, dtype=policy)
-    reference = keras.layers.GroupNormalization(4, epsilon=1e-5, dtype=policy)
-    ours.build(images.shape)
-    reference.build(images.shape)
-    reference.gamma.assign(rng.standard_normal(12).astype(np.float32) + 1.0)
-    reference.beta.assign(rng.standard_normal(12).astype(np.float32))
-    ours.set_weights(reference.get_weights())
+    ours, reference = group_norm_pair(policy, images.shape, rng)
 
     def gradients(layer):
         with tf.GradientTape() as tape:
