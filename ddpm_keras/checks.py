@@ -53,13 +53,15 @@ class Number:
 
 
 class Choice:
-    """One of `choices`."""
+    """One of `choices` (or `None`, if `optional`)."""
 
-    def __init__(self, choices):
-        self.choices = tuple(choices)
+    def __init__(self, choices, optional=False):
+        self.choices, self.optional = tuple(choices), optional
 
     def check(self, name, value):
-        if value not in self.choices:
+        if value is None and self.optional:
+            return
+        if isinstance(value, bool) or value not in self.choices:
             fail(name, value, f"must be one of {list(self.choices)}")
 
 

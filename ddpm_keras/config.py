@@ -41,7 +41,24 @@ class DiffusionConfig:
             `mnist` (the cpu recipe on MNIST) or `cifar10` (GPU). Unset:
             `default` if a GPU is visible, else `cpu`.
         dataset: TFDS dataset name with an `image` feature, e.g.
-            `"fashion_mnist"` or `"mnist"`.
+            `"fashion_mnist"`, `"mnist"` or `"emnist/letters"` (unused with
+            `image_dir`).
+        image_dir: Train on the images under this folder instead of a TFDS
+            dataset: PNG, JPEG, BMP and GIF (first frame), found
+            recursively. One subfolder per class gives labels named after
+            the subfolders; a flat folder is unlabelled (see docs/data.md).
+        image_size: Resize every image to this size: one number (square) or
+            height and width, after a center crop to its aspect ratio, with
+            antialiasing (`None`: the data's own size, which must then be
+            the same for every image).
+        channels: Convert every image to 1 (grey) or 3 (RGB) channels
+            (`None`: the data's own; for a folder, 1 if every image is grey,
+            else 3).
+        val_fraction: Share of an image folder held out for validation, by a
+            split seeded with `seed` (at least one batch).
+        memory_cache_mb: An image folder is decoded once and cached in memory
+            if its decoded images fit in this many MB (and in half the
+            available memory), else in a file under `output_dir`.
         data_dir: TFDS data directory (`None`: TFDS' default,
             `~/tensorflow_datasets`).
         manual_dir: Folder holding the dataset's original download files, for
@@ -115,6 +132,11 @@ class DiffusionConfig:
     preset: str = "custom"
     # Data.
     dataset: str = "fashion_mnist"
+    image_dir: str | None = None
+    image_size: tuple[int, ...] | None = None
+    channels: int | None = None
+    val_fraction: float = 0.05
+    memory_cache_mb: int = 1024
     data_dir: str | None = None
     manual_dir: str | None = None
     max_train_examples: int | None = None
@@ -165,10 +187,13 @@ class DiffusionConfig:
 
     def __post_init__(self):
         # Accept lists (JSON, argparse) for the tuple fields, then check all.
-        for name in ("channel_multipliers", "devices"):
+        for name in ("channel_multipliers", "devices", "image_size"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         validate_config(self)
+        if self.image_size is not None and len(self.image_size) == 1:
+            # One number is a square: stored as (height, width), as recorded.
+            object.__setattr__(self, "image_size", self.image_size * 2)
 
     def replace(self, **changes) -> DiffusionConfig:
         """Returns a copy with some fields changed (validated again)."""
@@ -178,9 +203,9 @@ class DiffusionConfig:
     def to_dict(self) -> dict:
         """Returns the config as a JSON-serializable dict."""
         values = dataclasses.asdict(self)
-        values["channel_multipliers"] = list(self.channel_multipliers)
-        if self.devices is not None:
-            values["devices"] = list(self.devices)
+        for name in ("channel_multipliers", "devices", "image_size"):
+            if values[name] is not None:
+                values[name] = list(values[name])
         return values
 
     @property
@@ -223,6 +248,11 @@ class DiffusionConfig:
 FIELD_RULES = {
     "preset": Text(),
     "dataset": Text(),
+    "image_dir": Text(optional=True),
+    "image_size": Sequence(int, optional=True),
+    "channels": Choice((1, 3), optional=True),
+    "val_fraction": Number(0.0, 0.5, low_open=True),
+    "memory_cache_mb": Integer(0),
     "data_dir": Text(optional=True),
     "manual_dir": Text(optional=True),
     "max_train_examples": Integer(1, optional=True),
@@ -282,6 +312,7 @@ RESUMABLE_FIELDS = frozenset(
         "tensorboard",
         "data_dir",
         "manual_dir",
+        "memory_cache_mb",
         "output_dir",
         "strategy",
         "devices",
@@ -317,6 +348,34 @@ def check_network_widths(base_channels, channel_multipliers, norm_groups):
                 f"(base_channels={base_channels}, "
                 f"channel_multipliers={tuple(channel_multipliers)})",
             )
+
+
+def check_image_size(image_size, channel_multipliers, name="image_size"):
+    """The UNet halves height and width between levels: both must divide by 2 ** (levels - 1).
+
+    Args:
+        image_size: `(H, W)` or `(H, W, C)`.
+        channel_multipliers: One per UNet level.
+        name: What the message calls `image_size`.
+
+    Raises:
+        ConfigError: naming the nearest sizes that work.
+    """
+    factor = 2 ** (len(channel_multipliers) - 1)
+    nearest = []
+    for side, size in zip(("height", "width"), tuple(image_size)[:2], strict=True):
+        if size % factor:
+            below, above = size // factor * factor, (size // factor + 1) * factor
+            nearest.append(f"{side} {below} or {above}" if below else f"{side} {above}")
+    if nearest:
+        fail(
+            name,
+            tuple(image_size),
+            f"must have a height and width divisible by {factor} for "
+            f"{len(channel_multipliers)} UNet levels (channel_multipliers="
+            f"{tuple(channel_multipliers)}); the nearest that work: {', '.join(nearest)} "
+            "(--image-size resizes)",
+        )
 
 
 def check_steps(value, timesteps, name="num_steps"):
@@ -355,14 +414,19 @@ def validate_config(config: DiffusionConfig) -> None:
     if config.beta_start > config.beta_end:
         fail("beta_start", config.beta_start, "must be <= beta_end")
     check_network_widths(config.base_channels, config.channel_multipliers, config.norm_groups)
+    if config.image_size is not None:
+        if len(config.image_size) not in (1, 2):
+            fail("image_size", config.image_size, "must be one number (square) or two (H W)")
+        check_image_size((config.image_size * 2)[:2], config.channel_multipliers)
     check_steps(config.sample_steps, config.timesteps, "sample_steps")
     # Without this check the run would fail only at its first sample grid.
     check_eta(config.eta, config.sampler)
-    if config.fid_every and config.dataset != "fashion_mnist":
+    if config.fid_every and (config.dataset != "fashion_mnist" or config.image_dir):
         fail(
             "fid_every",
             config.fid_every,
-            f"needs dataset='fashion_mnist', not {config.dataset!r}: its features come "
+            "needs the Fashion-MNIST TFDS dataset (dataset='fashion_mnist', no image_dir), "
+            f"not dataset={config.dataset!r}, image_dir={config.image_dir!r}: its features come "
             "from the committed Fashion-MNIST classifier. For other datasets add a "
             "FIDCallback with your own extractor",
         )

@@ -11,6 +11,7 @@ import os
 import zipfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ddpm_keras.config import DEFAULT_GUIDANCE_SCALE, check_field
@@ -18,6 +19,7 @@ from ddpm_keras.errors import ConfigError, MissingFileError
 from ddpm_keras.pipeline import SamplingPipeline, SamplingSettings, label_ids
 from ddpm_keras.precision import resolve_precision
 from ddpm_keras.schedule import NoiseSchedule
+from ddpm_keras.transforms import scale_images
 
 
 @keras.saving.register_keras_serializable(package="ddpm_keras")
@@ -48,6 +50,12 @@ class DiffusionModel(keras.Model):
         label_dropout: Probability of replacing a training label by "no
             label", so that one network learns the conditional and the
             unconditional model (classifier-free guidance, Ho & Salimans 2022).
+        training_data: What the model was trained on, saved with it so that
+            `ddpm-evaluate` compares it with the same data: a dict with
+            `"dataset"` (TFDS) or `"image_dir"` and its hold-out
+            (`"val_fraction"`, `"batch_size"`, `"seed"`), plus
+            `"image_size"` and `"channels"` (see `build_model`). `None`:
+            unknown (models saved before it was recorded).
     """
 
     def __init__(
@@ -60,6 +68,7 @@ class DiffusionModel(keras.Model):
         min_snr_gamma=None,
         class_names=None,
         label_dropout=0.1,
+        training_data=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -107,6 +116,11 @@ class DiffusionModel(keras.Model):
         self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
         self.class_names = class_names
         self.label_dropout = float(label_dropout)
+        if training_data is not None and not isinstance(training_data, dict):
+            raise ConfigError(
+                f"`training_data` must be a dict or None. Received: training_data={training_data!r}"
+            )
+        self.training_data = None if training_data is None else dict(training_data)
         self.image_shape = image_shape
         if ema_network is None:
             ema_network = keras.models.clone_model(network)
@@ -141,6 +155,26 @@ class DiffusionModel(keras.Model):
         return self.network(inputs, training=training)
 
     # Training -------------------------------------------------------------
+
+    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
+        """`keras.Model.fit`; NumPy images may be uint8 in [0, 255] (scaled to [-1, 1]).
+
+        Float images must already be in [-1, 1]; see `transforms.scale_images`
+        for the checks. Datasets pass through unchanged.
+        """
+        x = _scaled_if_array(x, "x")
+        if isinstance(validation_data, tuple) and validation_data:
+            validation_data = (
+                _scaled_if_array(validation_data[0], "validation_data"),
+                *validation_data[1:],
+            )
+        else:
+            validation_data = _scaled_if_array(validation_data, "validation_data")
+        return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`, with NumPy images scaled as in `fit`."""
+        return super().evaluate(_scaled_if_array(x, "x"), y, *args, **kwargs)
 
     def _images_and_labels(self, data):
         """Splits a batch (images, `(images, labels)` or a dict) for this model.
@@ -340,6 +374,7 @@ class DiffusionModel(keras.Model):
                 "min_snr_gamma": self.min_snr_gamma,
                 "class_names": self.class_names,
                 "label_dropout": self.label_dropout,
+                "training_data": self.training_data,
             }
         )
         return config
@@ -352,6 +387,11 @@ class DiffusionModel(keras.Model):
             config[name] = keras.saving.deserialize_keras_object(config[name])
         # Saved weights (EMA included) are loaded after construction.
         return cls(**config)
+
+
+def _scaled_if_array(images, name):
+    """NumPy images to float32 [-1, 1] (see `transforms.scale_images`); anything else as is."""
+    return scale_images(images, name) if isinstance(images, np.ndarray) else images
 
 
 def build_model(config, image_shape, class_names=None):
@@ -393,8 +433,29 @@ def build_model(config, image_shape, class_names=None):
         min_snr_gamma=config.min_snr_gamma,
         class_names=class_names,
         label_dropout=config.label_dropout,
+        training_data=training_data_record(config),
         dtype=policy,
     )
+
+
+def training_data_record(config):
+    """What `DiffusionModel.training_data` records of a run's data (see there)."""
+    record = {
+        "image_size": None if config.image_size is None else list(config.image_size),
+        "channels": config.channels,
+    }
+    if config.image_dir is None:
+        return {"dataset": config.dataset, **record}
+    # What reproduces the run's hold-out (`data.folder_split`).
+    return {
+        "image_dir": os.path.abspath(config.image_dir),
+        "val_fraction": config.val_fraction,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "max_train_examples": config.max_train_examples,
+        "max_val_examples": config.max_val_examples,
+        **record,
+    }
 
 
 def load_diffusion_model(path):

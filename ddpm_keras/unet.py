@@ -12,7 +12,7 @@ import math
 import keras
 from keras import layers, ops
 
-from ddpm_keras.config import check_field, check_network_widths
+from ddpm_keras.config import check_field, check_image_size, check_network_widths
 from ddpm_keras.errors import ConfigError
 
 
@@ -300,14 +300,7 @@ def build_unet(
         )
     check_network_widths(base_channels, channel_multipliers, norm_groups)
     check_field("num_res_blocks", num_res_blocks)
-    factor = 2 ** (len(channel_multipliers) - 1)
-    if image_shape[0] % factor or image_shape[1] % factor:
-        raise ConfigError(
-            f"Image height and width must be divisible by {factor} for "
-            f"{len(channel_multipliers)} UNet levels. "
-            f"Received: image_shape={image_shape}, "
-            f"channel_multipliers={tuple(channel_multipliers)}"
-        )
+    check_image_size(image_shape, channel_multipliers, name="image_shape")
 
     if num_classes is not None and (
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
