@@ -328,19 +328,36 @@ def evaluate_parser():
         "Fashion-MNIST models also get the committed classifier's agreement with the class "
         "asked for",
     )
-    parser.add_argument("--extractor", choices=EXTRACTORS, default="fmnist")
+    parser.add_argument(
+        "--extractor",
+        "--features",
+        choices=EXTRACTORS,
+        help="features of FID and KID (default: fmnist for Fashion-MNIST models; models of "
+        "other data must name one)",
+    )
     parser.add_argument(
         "--inception-weights",
         default="imagenet",
         help="InceptionV3 no-top .h5 weights file for --extractor inception "
         "(default: download the ImageNet weights)",
     )
-    parser.add_argument("--dataset", default="fashion_mnist", help="TFDS dataset of the model")
-    parser.add_argument("--reference-split", default="test", help="split samples are compared to")
+    parser.add_argument(
+        "--dataset",
+        help="TFDS dataset to compare with (default: the model's training data, else "
+        "fashion_mnist)",
+    )
+    parser.add_argument(
+        "--image-dir",
+        help="folder-trained models: where the folder is now (default: where it was); "
+        "samples are compared with its held-out images, the floor is its training images",
+    )
+    parser.add_argument(
+        "--reference-split", default="test", help="TFDS split samples are compared to"
+    )
     parser.add_argument(
         "--floor-split",
         default="train",
-        help="real images scored like samples, as the floor ('none': skip)",
+        help="TFDS split of real images scored like samples, as the floor ('none': skip)",
     )
     parser.add_argument("--manual-dir", help="folder of the dataset's original files (offline)")
     parser.add_argument("--data-dir", help="TFDS data directory")
@@ -364,9 +381,13 @@ def evaluate_parser():
 @user_errors_exit
 def evaluate_main(argv=None):
     """Entry point of `ddpm-evaluate` (and `scripts/evaluate.py`)."""
-    from ddpm_keras.data import load_split_arrays
+    from ddpm_keras.data import folder_evaluation_images, load_split_arrays
     from ddpm_keras.evaluation import NUM_SAMPLES, evaluate_model, markdown_table
-    from ddpm_keras.features import fmnist_card, fmnist_classifier, get_feature_extractor
+    from ddpm_keras.features import (
+        default_extractor,
+        fmnist_classifier_for,
+        get_feature_extractor,
+    )
     from ddpm_keras.files import ensure_writable_dir, write_json, write_text
     from ddpm_keras.model import load_diffusion_model
 
@@ -389,26 +410,50 @@ def evaluate_main(argv=None):
                 "`--guidance-scales` needs a class-conditional model. "
                 f"Received: {args.model} (unconditional)"
             )
-    elif list(model.class_names) == fmnist_card()["label_names"]:
-        classifier, classifier_name = fmnist_classifier(), "fmnist classifier"
-    extractor = get_feature_extractor(args.extractor, model.image_shape, args.inception_weights)
-
-    def split_images(split, max_examples):
-        images, _, _ = load_split_arrays(
-            args.dataset, split, args.data_dir, args.manual_dir, max_examples
+    else:
+        classifier = fmnist_classifier_for(model.image_shape, model.class_names)
+        classifier_name = None if classifier is None else "fmnist classifier"
+    data = model.training_data or {}
+    if args.image_dir is not None and "image_dir" not in data:
+        raise ConfigError(
+            "`--image-dir` is for models trained on an image folder (its held-out images are "
+            f"the reference); this one was trained on {data or 'unrecorded data'}. "
+            f"Received: image_dir={args.image_dir!r}"
         )
-        if images.shape[1:] != model.image_shape:
-            raise ConfigError(
-                f"The model makes {model.image_shape} images but {args.dataset} has "
-                f"{images.shape[1:]}. Received: dataset={args.dataset!r}"
-            )
-        return (images + 1.0) / 2.0  # [-1, 1] -> [0, 1], what the extractor takes
+    extractor_name = args.extractor or default_extractor(model.image_shape, model.training_data)
+    extractor = get_feature_extractor(extractor_name, model.image_shape, args.inception_weights)
+    if "image_dir" in data:
+        image_dir = args.image_dir or data["image_dir"]
+        num_floor = 0 if args.floor_split == "none" else args.num_samples
+        reference, floor = folder_evaluation_images(
+            data, model.image_shape, num_floor, args.seed, image_dir
+        )
+        reference = reference[: args.max_reference_examples]
+        source, reference_name = image_dir, f"{image_dir} held-out"
+    else:
+        dataset = args.dataset or data.get("dataset") or "fashion_mnist"
+        # The transforms of training apply to the data it was trained on.
+        same = dataset == data.get("dataset")
+        image_size = data.get("image_size") if same else None
+        channels = data.get("channels") if same else None
 
-    reference = split_images(args.reference_split, args.max_reference_examples)
-    floor = None if args.floor_split == "none" else split_images(args.floor_split, None)
+        def split_images(split, max_examples):
+            images, _, _ = load_split_arrays(
+                dataset, split, args.data_dir, args.manual_dir, max_examples, image_size, channels
+            )
+            if images.shape[1:] != model.image_shape:
+                raise ConfigError(
+                    f"The model makes {model.image_shape} images but {dataset} has "
+                    f"{images.shape[1:]}. Received: dataset={dataset!r}"
+                )
+            return (images + 1.0) / 2.0  # [-1, 1] -> [0, 1], what the extractor takes
+
+        reference = split_images(args.reference_split, args.max_reference_examples)
+        floor = None if args.floor_split == "none" else split_images(args.floor_split, None)
+        source, reference_name = dataset, f"{dataset} {args.reference_split}"
     print(
         f"Scoring {args.model}: {args.num_samples} samples per row against "
-        f"{len(reference)} {args.dataset} {args.reference_split} images ({args.extractor} features)"
+        f"{len(reference)} {reference_name} images ({extractor_name} features)"
     )
     rows = evaluate_model(
         model,
@@ -421,14 +466,12 @@ def evaluate_main(argv=None):
         guidance_scales=args.guidance_scales,
         classifier=classifier,
     )
-    table = markdown_table(
-        rows, args.extractor, f"{args.dataset} {args.reference_split}", classifier_name
-    )
+    table = markdown_table(rows, extractor_name, reference_name, classifier_name)
     report = {
         "model": args.model,
-        "extractor": args.extractor,
-        "dataset": args.dataset,
-        "reference_split": args.reference_split,
+        "extractor": extractor_name,
+        "data": source,
+        "reference": reference_name,
         "reference_examples": len(reference),
         "floor_split": args.floor_split,
         "num_samples": args.num_samples,

@@ -38,7 +38,8 @@ class DiffusionConfig:
     Attributes:
         preset: The preset the other fields start from: `smoke` (seconds),
             `cpu` (about 30 minutes on 2 CPU cores), `default` (a GPU run),
-            `mnist` (the cpu recipe on MNIST) or `cifar10` (GPU). Unset:
+            `mnist` and `emnist` (the cpu recipe on MNIST digits and EMNIST
+            letters) or `cifar10` (GPU). Unset:
             `default` if a GPU is visible, else `cpu`.
         dataset: TFDS dataset name with an `image` feature, e.g.
             `"fashion_mnist"`, `"mnist"` or `"emnist/letters"` (unused with
@@ -521,8 +522,9 @@ PRESETS = {
         num_samples=64,
     ),
 }
-# MNIST (28x28 grey digits) with the cpu preset's recipe.
+# MNIST (28x28 grey digits) and EMNIST letters with the cpu preset's recipe.
 PRESETS["mnist"] = dict(PRESETS["cpu"], dataset="mnist")
+PRESETS["emnist"] = dict(PRESETS["cpu"], dataset="emnist/letters")
 
 
 def detect_preset() -> tuple[str, str]:
@@ -550,7 +552,7 @@ def get_config(preset: str | None = None, **overrides) -> DiffusionConfig:
     """Builds a validated config from a preset plus field overrides.
 
     Args:
-        preset: `"smoke"`, `"cpu"`, `"default"`, `"mnist"` or `"cifar10"`
+        preset: `"smoke"`, `"cpu"`, `"default"`, `"mnist"`, `"emnist"` or `"cifar10"`
             (see `PRESETS`). `None` picks the preset
             that fits the machine (see `detect_preset`) and logs which.
         **overrides: Field values that replace the preset's. `None` values

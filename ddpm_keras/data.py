@@ -352,12 +352,54 @@ def array_datasets(images, labels, train_rows, val_rows, batch_size, seed):
     return _shard_by_data(train_ds), _shard_by_data(val_ds)
 
 
-def folder_split(files, config):
-    """The file indices a run of `config` trains and validates on (the seeded hold-out)."""
-    train_files, val_files = holdout_split(
-        len(files.paths), config.val_fraction, config.batch_size, config.seed
+def folder_split(
+    num_files, val_fraction, batch_size, seed, max_train_examples=None, max_val_examples=None
+):
+    """The file indices a folder run trains and validates on: the seeded hold-out, then the limits."""
+    train_files, val_files = holdout_split(num_files, val_fraction, batch_size, seed)
+    return train_files[:max_train_examples], val_files[:max_val_examples]
+
+
+def folder_evaluation_images(training_data, image_shape, num_floor, seed, image_dir=None):
+    """A folder-trained model's held-out images and a seeded sample of its training images.
+
+    Args:
+        training_data: The model's `training_data` record (with `image_dir`
+            and the hold-out's settings).
+        image_shape: The model's `(H, W, C)`; images are decoded to it as in
+            training.
+        num_floor: Training images wanted (a few more are decoded, in case
+            some are unreadable); 0 for none.
+        seed: Seeds the choice of training images.
+        image_dir: Where the folder is now (`None`: where it was).
+
+    Returns:
+        `(held_out, training)`: float32 `[N, H, W, C]` in [0, 1] (`training`
+        is `None` if `num_floor` is 0).
+    """
+    image_dir = image_dir or training_data["image_dir"]
+    files = find_images(image_dir)
+    train_files, val_files = folder_split(
+        len(files.paths),
+        training_data["val_fraction"],
+        training_data["batch_size"],
+        training_data["seed"],
+        training_data.get("max_train_examples"),
+        training_data.get("max_val_examples"),
     )
-    return train_files[: config.max_train_examples], val_files[: config.max_val_examples]
+
+    def decode(indices):
+        decoded = decode_folder(
+            [files.paths[index] for index in indices], image_shape[:2], image_shape[2], 10**9
+        )
+        return decoded.images.astype(np.float32) / 255.0
+
+    held_out = decode(val_files)
+    if not num_floor:
+        return held_out, None
+    count = min(len(train_files), num_floor + 64)
+    chosen = np.random.default_rng(seed).choice(train_files, count, replace=False)
+    return held_out, decode(np.sort(chosen))
 
 
 def load_image_folder(config):
@@ -375,7 +417,14 @@ def load_image_folder(config):
             "`class_conditional` needs labelled images: one subfolder per class under "
             f"image_dir; this folder is flat. Received: image_dir={config.image_dir!r}"
         )
-    train_files, val_files = folder_split(files, config)
+    train_files, val_files = folder_split(
+        len(files.paths),
+        config.val_fraction,
+        config.batch_size,
+        config.seed,
+        config.max_train_examples,
+        config.max_val_examples,
+    )
     used = np.concatenate([train_files, val_files])
     layout = (
         f"{len(files.class_names)} classes ({', '.join(files.class_names[:10])}"

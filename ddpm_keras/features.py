@@ -6,10 +6,12 @@ An extractor maps images in [0, 1] (`[N, H, W, C]`, the range
     extractor = get_feature_extractor("fmnist")
     features = extractor(model.generate(1000))     # [1000, extractor.feature_dim]
 
-- `fmnist` (default): the penultimate layer of a small Fashion-MNIST
-  classifier trained by `scripts/train_classifier.py`, whose weights,
-  accuracy and reference statistics ship in `ddpm_keras/assets/`. Offline
-  and fast on a CPU: a domain FID.
+- `fmnist` (default for Fashion-MNIST models): the penultimate layer of a
+  small Fashion-MNIST classifier trained by `scripts/train_classifier.py`,
+  whose weights, accuracy and reference statistics ship in
+  `ddpm_keras/assets/`. Offline and fast on a CPU: a domain FID. Images of
+  another size or in colour (garments exported to a folder, say) are resized
+  to 28x28 grey first.
 - `inception`: InceptionV3's 2048-d pool features (`keras.applications`,
   ImageNet weights), images resized to 299x299 and grey repeated to RGB: the
   FID that papers report. Fetches its weights on first use, or reads a
@@ -97,11 +99,72 @@ class FeatureExtractor:
         return np.asarray(features, dtype=np.float64)
 
 
-def fmnist_extractor(weights_path=FMNIST_WEIGHTS, batch_size=256):
-    """The committed Fashion-MNIST classifier's "features" layer."""
+FMNIST_IMAGE_SHAPE = (28, 28, 1)
+
+
+class FmnistPreprocessing(keras.layers.Layer):
+    """Images in [-1, 1] to the classifier's 28x28 grey: antialiased resize, luminance."""
+
+    def call(self, images):
+        if images.shape[-1] == 3:
+            images = keras.ops.image.rgb_to_grayscale(images)
+        if tuple(images.shape[1:3]) != FMNIST_IMAGE_SHAPE[:2]:
+            images = keras.ops.image.resize(
+                images, FMNIST_IMAGE_SHAPE[:2], interpolation="bilinear", antialias=True
+            )
+        return images
+
+
+def _fmnist_input(model, image_shape):
+    """`model` (on 28x28 grey) behind `FmnistPreprocessing`, for images of `image_shape`."""
+    image_shape = tuple(image_shape)
+    if image_shape == FMNIST_IMAGE_SHAPE:
+        return model
+    if len(image_shape) != 3 or image_shape[-1] not in (1, 3):
+        raise ConfigError(
+            "The 'fmnist' extractor takes grey or RGB images (resized to 28x28 grey). "
+            f"Received: image_shape={image_shape}"
+        )
+    inputs = keras.Input(image_shape)
+    return keras.Model(inputs, model(FmnistPreprocessing()(inputs)))
+
+
+def fmnist_extractor(weights_path=FMNIST_WEIGHTS, batch_size=256, image_shape=FMNIST_IMAGE_SHAPE):
+    """The committed Fashion-MNIST classifier's "features" layer.
+
+    Args:
+        weights_path: The classifier's weights.
+        batch_size: Images per forward pass.
+        image_shape: The images' `(H, W, C)`; other than 28x28x1, they are
+            resized to 28x28 grey first (`FmnistPreprocessing`).
+    """
     classifier = fmnist_classifier(weights_path)
     model = keras.Model(classifier.input, classifier.get_layer("features").output)
-    return FeatureExtractor(model, "fmnist", batch_size)
+    return FeatureExtractor(_fmnist_input(model, image_shape), "fmnist", batch_size)
+
+
+def _class_key(name):
+    # "T-shirt/top" exported as a folder "T-shirt_top" is the same class.
+    return name.lower().replace("/", "_").replace(" ", "_")
+
+
+def fmnist_classifier_for(image_shape, class_names):
+    """The committed classifier as logits over `class_names`, in their order, or `None`.
+
+    For a class-conditional model whose classes are Fashion-MNIST's, in any
+    order and spelled as folder names ("T-shirt_top"): its images (of
+    `image_shape`, in [-1, 1]) are resized as `fmnist_extractor` does, and the
+    logits follow the model's class ids. `None` if the classes differ.
+    """
+    fmnist_names = fmnist_card()["label_names"]
+    keys = [_class_key(name) for name in fmnist_names]
+    if sorted(_class_key(name) for name in class_names) != sorted(keys):
+        return None
+    order = [keys.index(_class_key(name)) for name in class_names]
+    model = _fmnist_input(fmnist_classifier(), image_shape)
+    inputs = keras.Input(tuple(image_shape))
+    logits = keras.ops.take(model(inputs), order, axis=-1)
+    return keras.Model(inputs, logits, name="fmnist_classifier")
 
 
 def fmnist_classifier(weights_path=FMNIST_WEIGHTS):
@@ -180,14 +243,41 @@ def inception_extractor(image_shape=(28, 28, 1), weights="imagenet", batch_size=
 
 
 def get_feature_extractor(name="fmnist", image_shape=(28, 28, 1), inception_weights="imagenet"):
-    """An extractor by name: "fmnist" (default) or "inception"."""
+    """An extractor by name, for images of `image_shape`: "fmnist" or "inception"."""
     if name == "fmnist":
-        if tuple(image_shape) != (28, 28, 1):
-            raise ConfigError(
-                "The 'fmnist' extractor scores 28x28 grey images. Use 'inception' for "
-                f"other data. Received: image_shape={tuple(image_shape)}"
-            )
-        return fmnist_extractor()
+        return fmnist_extractor(image_shape=image_shape)
     if name == "inception":
         return inception_extractor(image_shape, inception_weights)
     raise ConfigError(f"`extractor` must be one of {EXTRACTORS}. Received: extractor={name!r}")
+
+
+def default_extractor(image_shape, training_data):
+    """The extractor a model is scored with unless one is named: "fmnist" for Fashion-MNIST.
+
+    Args:
+        image_shape: The model's `(H, W, C)`.
+        training_data: `DiffusionModel.training_data` (`None`: unknown, as
+            for models saved before it was recorded).
+
+    Raises:
+        ConfigError: for other data, naming the flags that choose.
+    """
+    dataset = None if training_data is None else training_data.get("dataset")
+    if tuple(image_shape) == FMNIST_IMAGE_SHAPE and (
+        training_data is None or dataset == "fashion_mnist"
+    ):
+        return "fmnist"
+    source = (
+        "unknown data"
+        if training_data is None
+        else f"image_dir={training_data['image_dir']!r}"
+        if "image_dir" in training_data
+        else f"dataset={dataset!r}"
+    )
+    raise ConfigError(
+        "The committed 'fmnist' features are a Fashion-MNIST classifier's, for "
+        f"Fashion-MNIST models; this model was trained on {source}. Pass --extractor "
+        "inception (InceptionV3, ImageNet weights; offline: --inception-weights FILE), or "
+        "--extractor fmnist if its images are Fashion-MNIST garments (at another size, "
+        f"they are resized to 28x28 grey). Received: image_shape={tuple(image_shape)}"
+    )

@@ -127,7 +127,7 @@ def holdout_split(num_images, val_fraction, batch_size, seed):
     num_val = max(math.ceil(num_images * val_fraction), batch_size)
     if num_images - num_val < batch_size:
         raise ConfigError(
-            f"The folder has {num_images} images: too few to hold out {num_val} for "
+            f"{num_images} images: too few to hold out {num_val} for "
             f"validation (val_fraction={val_fraction}, at least one batch) and train on "
             f"batches of {batch_size}. It needs at least {2 * batch_size}; lower "
             f"--batch-size or add images. Received: batch_size={batch_size}"

@@ -42,3 +42,33 @@ def use_fake_data(monkeypatch, *modules):
         monkeypatch.setattr(module, "class_names", lambda config: None)
         if hasattr(module, "prepare_data"):
             monkeypatch.setattr(module, "prepare_data", lambda config: None)
+
+
+def write_image(path, pixels):
+    """Writes uint8 `[H, W]` or `[H, W, C]` pixels as an image file (format from the suffix)."""
+    import os
+
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pixels = np.asarray(pixels, np.uint8)
+    Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels).save(
+        path
+    )
+
+
+def write_solid_folder(root, classes=("black", "white"), per_class=12, size=(12, 16)):
+    """Class subfolders of solid images: class i is grey level 255 * i / (classes - 1).
+
+    PNG, JPEG, BMP and GIF in turn, grey and RGB in turn, so that a label can be
+    checked against the pixels of its image.
+    """
+    suffixes = (".png", ".jpg", ".bmp", ".gif")
+    for label, name in enumerate(classes):
+        level = round(255 * label / max(len(classes) - 1, 1))
+        for index in range(per_class):
+            shape = size if index % 2 else (*size, 3)
+            write_image(
+                f"{root}/{name}/{index:03d}{suffixes[index % 4]}", np.full(shape, level, np.uint8)
+            )
+    return root

@@ -14,7 +14,7 @@ from ddpm_keras.model import load_diffusion_model
 from ddpm_keras.training import generate_samples
 
 from .conftest import REPO_ROOT
-from .fakes import use_fake_data
+from .fakes import use_fake_data, write_image, write_solid_folder
 
 ARTIFACTS = [
     "config.json",
@@ -470,3 +470,61 @@ def test_overwrite_is_a_flag_of_the_run_not_a_config_field():
     args = train_parser().parse_args(["--preset", "smoke", "--overwrite"])
     assert args.overwrite is True
     assert "overwrite" not in config_from_args(args).to_dict()
+
+
+@pytest.mark.slow
+def test_a_labelled_image_folder_trains_then_samples_a_class_in_new_processes(tmp_path):
+    folder = write_solid_folder(str(tmp_path / "images"), ("cat", "dog"), 24, size=(20, 30))
+    output_dir = tmp_path / "run"
+    result = run_script(
+        "train.py",
+        *("--preset", "smoke", "--image-dir", folder, "--image-size", "32", "--channels", "3"),
+        *("--class-conditional", "--epochs", "1", "--batch-size", "8"),
+        *("--output-dir", str(output_dir)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Found 48 images" in result.stdout and "2 classes (cat, dog)" in result.stdout
+    grid = tmp_path / "dogs.png"
+    result = run_script(
+        "sample.py",
+        *("--model", str(output_dir / "model.keras"), "--class", "dog", "--num-images", "4"),
+        *("--steps", "3", "--no-progress", "--output", str(grid)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert grid.read_bytes()[:4] == b"\x89PNG"
+    model = load_diffusion_model(output_dir / "model.keras")
+    assert model.image_shape == (32, 32, 3) and model.class_names == ["cat", "dog"]
+    images = model.generate(2, steps=3, seed=0, labels="cat")
+    assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
+
+
+def test_a_flat_folder_trains_and_evaluates_against_its_held_out_images(tmp_path, capsys):
+    from ddpm_keras.cli import evaluate_main
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    for index in range(40):
+        write_image(folder / f"{index:02d}.jpg", rng.integers(0, 256, (10, 10, 3)))
+    output_dir = tmp_path / "run"
+    argv = ["--preset", "smoke", "--image-dir", str(folder), "--image-size", "8"]
+    argv += ["--epochs", "1", "--batch-size", "8", "--output-dir", str(output_dir)]
+    assert train_main(argv) == 0
+    model_path = str(output_dir / "model.keras")
+    assert load_diffusion_model(model_path).image_shape == (8, 8, 3)
+    common = ["--model", model_path, "--settings", "ddim:2", "--num-samples", "8"]
+    common += ["--output-dir", str(tmp_path / "evaluation")]
+    capsys.readouterr()
+    assert evaluate_main(common) == 2
+    assert "--extractor inception" in capsys.readouterr().err
+    assert evaluate_main([*common, "--extractor", "fmnist"]) == 0
+    report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert report["reference_examples"] == 8  # 5% of 40 is 2: one batch of 8 held out
+    assert report["data"] == str(folder) and [row["source"] for row in report["rows"]] == [
+        "real",
+        "model",
+    ]
+    moved = tmp_path / "moved"
+    folder.rename(moved)
+    assert evaluate_main([*common, "--extractor", "fmnist", "--image-dir", str(moved)]) == 0
+    moved_report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert moved_report["rows"][0]["fid"] == report["rows"][0]["fid"]  # the same images

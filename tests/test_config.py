@@ -116,6 +116,15 @@ def test_unknown_preset_and_field_are_rejected():
         ("devices", ("CPU:0",)),  # smoke's strategy is auto, not mirrored
         ("precision", "float16"),
         ("jit_compile", "yes"),
+        ("image_dir", ""),
+        ("image_size", (0,)),
+        ("image_size", (8, 8, 8)),
+        ("image_size", (10,)),  # smoke's two levels halve once
+        ("channels", 2),
+        ("channels", True),
+        ("val_fraction", 0.0),
+        ("val_fraction", 0.6),
+        ("memory_cache_mb", -1),
     ],
 )
 def test_each_bad_field_is_named(field, value):
@@ -157,3 +166,20 @@ def test_guidance_scale_is_bounded_far_below_float_overflow():
             ValueError, match=re.escape(f"[0.0, 100.0]. Received: guidance_scale={value}")
         ):
             get_config("smoke", guidance_scale=value)
+
+
+def test_image_size_is_square_or_height_width_and_survives_the_round_trip():
+    square = get_config("smoke", image_size=[16])
+    assert square.image_size == (16, 16)
+    assert DiffusionConfig(**square.to_dict()) == square
+    assert get_config("smoke", image_size=(16, 24)).image_size == (16, 24)
+
+
+def test_an_image_size_the_unet_cannot_halve_names_the_nearest_that_work():
+    with pytest.raises(ValueError, match="height 28 or 32, width 36 or 40.*--image-size"):
+        get_config("cpu", image_size=(30, 38))
+
+
+def test_fid_during_training_needs_the_fashion_mnist_dataset():
+    with pytest.raises(ValueError, match="Received: fid_every=1"):
+        get_config("smoke", fid_every=1, image_dir="images")

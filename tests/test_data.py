@@ -6,9 +6,24 @@ from ddpm_keras.data import (
     MANUAL_FILES,
     DataUnavailableError,
     class_names,
+    from_arrays,
     load_dataset,
     prepare_builder,
 )
+from ddpm_keras.errors import ConfigError
+from tests.fakes import write_image, write_solid_folder
+
+
+def folder_config(folder, tmp_path, **changes):
+    values = dict(image_dir=str(folder), output_dir=str(tmp_path / "run"), batch_size=4)
+    return get_config("smoke", **(values | changes))
+
+
+def all_batches(dataset):
+    batches = list(dataset.as_numpy_iterator())
+    if isinstance(batches[0], tuple):
+        return tuple(np.concatenate(parts) for parts in zip(*batches, strict=True))
+    return np.concatenate(batches)
 
 
 def test_loads_fashion_mnist_offline_in_unit_range(manual_dir, tfds_data_dir):
@@ -140,3 +155,148 @@ def test_a_truncated_file_in_manual_dir_is_named(manual_dir, tmp_path):
     message = str(error.value)
     assert f"The file {truncated} in manual_dir is not the original" in message
     assert "expected 4.22 MiB, found 97.66 KiB" in message and "Without internet" not in message
+
+
+def test_a_labelled_folder_trains_on_images_paired_with_their_subfolder(tmp_path):
+    # Class i of the folder is solid grey level i / 2: labels can be checked
+    # against pixels. The files are PNG, JPEG, BMP and GIF, grey and RGB.
+    folder = write_solid_folder(str(tmp_path / "images"), ("black", "grey", "white"), 12)
+    config = folder_config(folder, tmp_path, class_conditional=True, image_size=(8,))
+    train_ds, val_ds, shape = load_dataset(config)
+    assert shape == (8, 8, 1) and class_names(config) == ["black", "grey", "white"]
+    images, labels = all_batches(train_ds)
+    val_images, val_labels = all_batches(val_ds)
+    assert images.shape[1:] == (8, 8, 1) and images.dtype == np.float32
+    assert len(images) + len(val_images) == 36 and len(val_images) == 4  # one batch
+    for batch_images, batch_labels in ((images, labels), (val_images, val_labels)):
+        np.testing.assert_allclose(
+            batch_images.mean(axis=(1, 2, 3)), batch_labels - 1.0, atol=2 / 255
+        )
+
+
+def test_a_resumed_folder_run_holds_out_the_same_images(tmp_path):
+    rng = np.random.default_rng(0)
+    for index in range(20):
+        write_image(tmp_path / "images" / f"{index:02d}.png", rng.integers(0, 256, (8, 8)))
+    config = folder_config(tmp_path / "images", tmp_path)
+    first = all_batches(load_dataset(config)[1])
+    second = all_batches(load_dataset(config)[1])
+    np.testing.assert_array_equal(first, second)
+    other_seed = all_batches(load_dataset(config.replace(seed=7))[1])
+    assert not np.array_equal(np.sort(first.ravel()), np.sort(other_seed.ravel()))
+
+
+def test_folder_errors_before_training(tmp_path):
+    folder = tmp_path / "images"
+    for index, size in enumerate([(8, 8)] * 5 + [(12, 10)] * 3):
+        write_image(folder / f"{index}.png", np.zeros(size, np.uint8))
+    with pytest.raises(ConfigError, match=r"differ in size: 8x8 \(5\), 12x10 \(3\).*--image-size"):
+        load_dataset(folder_config(folder, tmp_path, batch_size=2))
+    with pytest.raises(ConfigError, match="8 images: too few.*needs at least 10"):
+        load_dataset(folder_config(folder, tmp_path, batch_size=5, image_size=(8,)))
+    with pytest.raises(ConfigError, match="this folder is flat"):
+        load_dataset(folder_config(folder, tmp_path, batch_size=2, class_conditional=True))
+    with pytest.raises(ConfigError, match="nearest that work: height 8 or 12"):
+        get_config(
+            "smoke", image_dir=str(folder), image_size=(10, 8), channel_multipliers=(1, 2, 2)
+        )
+    # A size the data has, which the UNet cannot halve: named with the flag.
+    odd = tmp_path / "odd"
+    for index in range(8):
+        write_image(odd / f"{index}.png", np.zeros((7, 7), np.uint8))
+    with pytest.raises(ConfigError, match="image_shape.*height 6 or 8.*--image-size"):
+        load_dataset(folder_config(odd, tmp_path, batch_size=2))
+
+
+def test_unreadable_images_are_skipped_and_named(tmp_path, capsys):
+    folder = tmp_path / "images"
+    for index in range(10):
+        write_image(folder / f"{index}.png", np.full((8, 8), 9, np.uint8))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    train_ds, val_ds, _ = load_dataset(folder_config(folder, tmp_path, batch_size=2))
+    assert len(all_batches(train_ds)) + len(all_batches(val_ds)) == 10
+    out = capsys.readouterr().out
+    assert "Skipped 1 of 11 files" in out and "broken.png" in out
+
+
+def test_from_arrays_scales_splits_and_checks_its_input():
+    images = np.tile(np.arange(40, dtype=np.uint8)[:, None, None], (1, 4, 4))  # [40, 4, 4]
+    labels = np.arange(40) % 2
+    train_ds, val_ds, shape = from_arrays(images, labels, ["even", "odd"], batch_size=8, seed=1)
+    train_images, train_labels = all_batches(train_ds)
+    val_images, val_labels = all_batches(val_ds)
+    assert shape == (4, 4, 1) and len(val_images) == 8 and len(train_images) == 32
+    values = np.concatenate([train_images, val_images])[:, 0, 0, 0]
+    np.testing.assert_allclose(np.sort(values), np.arange(40) / 127.5 - 1.0, rtol=1e-6)
+    # Each image keeps its own label: image value k has label k mod 2.
+    pixels = np.round((np.concatenate([train_images, val_images])[:, 0, 0, 0] + 1) * 127.5)
+    np.testing.assert_array_equal(pixels % 2, np.concatenate([train_labels, val_labels]))
+    with pytest.raises(ConfigError, match=r"look like \[0, 1\]"):
+        from_arrays(np.linspace(0.0, 1.0, 40 * 16).reshape(40, 4, 4))
+    with pytest.raises(ConfigError, match="C 1 or 3"):
+        from_arrays(np.zeros((40, 4, 4, 2), np.uint8))
+    with pytest.raises(ConfigError, match="together"):
+        from_arrays(images, labels)
+    with pytest.raises(ConfigError, match=r"ids in \[0, 0\]"):
+        from_arrays(images, labels, ["only"])
+    with pytest.raises(ConfigError, match="needs at least 256"):
+        from_arrays(images)
+
+
+def mock_tfds(monkeypatch, dataset, examples):
+    """`prepare_builder` returns a mock builder of `dataset` yielding `examples`."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from ddpm_keras import data
+
+    def as_dataset(self, split, *args, **kwargs):
+        return tf.data.Dataset.from_tensor_slices(examples)
+
+    mock = tfds.testing.mock_data(num_examples=len(examples["label"]), as_dataset_fn=as_dataset)
+    mock.__enter__()
+    builder = tfds.builder(dataset)
+    splits = [
+        tfds.core.SplitInfo(name=n, shard_lengths=[len(examples["label"])], num_bytes=0)
+        for n in ("train", "test")
+    ]
+    builder.info.set_splits(tfds.core.SplitDict(splits))
+    monkeypatch.setattr(data, "prepare_builder", lambda *args, **kwargs: builder)
+    return mock
+
+
+def test_emnist_letters_come_out_upright(monkeypatch):
+    # An "L": a stroke down the left column and along the bottom row. EMNIST
+    # stores its images transposed, so the file holds the L's transpose (a
+    # stroke along the top row and down the right column... of the mirror).
+    letter = np.zeros((28, 28, 1), np.uint8)
+    letter[4:24, 6] = 255  # the vertical stroke, on the left
+    letter[23, 6:20] = 255  # the foot, at the bottom
+    stored = np.transpose(letter, (1, 0, 2))
+    examples = {"image": np.stack([stored] * 8), "label": np.arange(8) % 2}
+    mock = mock_tfds(monkeypatch, "emnist/letters", examples)
+    try:
+        config = get_config("emnist", batch_size=4, max_train_examples=8, max_val_examples=4)
+        train_ds, _, shape = load_dataset(config)
+        image = next(iter(train_ds)).numpy()[0]
+    finally:
+        mock.__exit__(None, None, None)
+    assert shape == (28, 28, 1)
+    np.testing.assert_array_equal(image > 0, letter > 0)
+
+
+def test_tfds_images_are_resized_and_converted_as_asked(monkeypatch):
+    images = np.zeros((8, 28, 28, 1), np.uint8)
+    images[:, :, 14:] = 255  # right half white
+    mock = mock_tfds(monkeypatch, "mnist", {"image": images, "label": np.arange(8) % 2})
+    try:
+        config = get_config(
+            "mnist", batch_size=4, max_train_examples=8, image_size=(32,), channels=3
+        )
+        train_ds, val_ds, shape = load_dataset(config)
+        batch = next(iter(train_ds)).numpy()
+    finally:
+        mock.__exit__(None, None, None)
+    assert shape == (32, 32, 3) and batch.shape == (4, 32, 32, 3)
+    np.testing.assert_allclose(batch[:, :, :14], -1.0)
+    np.testing.assert_allclose(batch[:, :, 18:], 1.0)

@@ -7,7 +7,9 @@ from ddpm_keras.features import (
     FMNIST_WEIGHTS,
     FeatureExtractor,
     build_fmnist_classifier,
+    default_extractor,
     fmnist_card,
+    fmnist_classifier_for,
     fmnist_extractor,
     fmnist_reference_path,
     get_feature_extractor,
@@ -74,8 +76,8 @@ def test_extractor_rejects_images_outside_zero_one_and_bad_shapes():
 def test_get_feature_extractor_validates_its_arguments(tmp_path):
     with pytest.raises(ValueError, match="extractor='clip'"):
         get_feature_extractor("clip")
-    with pytest.raises(ValueError, match=r"image_shape=\(32, 32, 3\)"):
-        get_feature_extractor("fmnist", (32, 32, 3))
+    with pytest.raises(ValueError, match=r"grey or RGB.*image_shape=\(32, 32, 2\)"):
+        get_feature_extractor("fmnist", (32, 32, 2))
     with pytest.raises(FileNotFoundError, match="no-weights.h5"):
         inception_extractor(weights=str(tmp_path / "no-weights.h5"))
     with pytest.raises(FileNotFoundError, match="train_classifier.py"):
@@ -92,3 +94,35 @@ def test_inception_path_with_random_weights_gives_2048_features():
     assert features.shape == (3, 2048)
     assert np.all(np.isfinite(features))
     assert not np.allclose(features[0], features[1])
+
+
+@pytest.mark.slow
+def test_garments_at_another_size_and_order_are_classified_as_fashion_mnist(fmnist_test_split):
+    # The test images as a folder export would give them: 32x32 RGB, classes
+    # named like folders ("T-shirt_top") and sorted by name. Resizing back
+    # and reordering the logits must keep the classifier's accuracy.
+    import tensorflow as tf
+
+    images, labels, names = fmnist_test_split
+    images, labels = images[:1000], labels[:1000]
+    resized = tf.image.resize(images, (32, 32), antialias=True).numpy()
+    rgb = np.repeat(resized, 3, axis=-1)
+    folder_names = sorted(name.replace("/", "_") for name in names)
+    classifier = fmnist_classifier_for((32, 32, 3), folder_names)
+    predicted = np.argmax(classifier.predict(rgb, batch_size=250, verbose=0), axis=-1)
+    folder_labels = np.array([folder_names.index(names[i].replace("/", "_")) for i in labels])
+    accuracy = np.mean(predicted == folder_labels)
+    # Resizing twice blurs a little; a wrong order or a broken resize gives ~0.1.
+    assert accuracy >= fmnist_card()["test_accuracy"] - 0.05, accuracy
+    assert fmnist_classifier_for((32, 32, 3), ["cat", "dog"]) is None
+    features = fmnist_extractor(image_shape=(32, 32, 3))((rgb[:200] + 1) / 2)
+    assert features.shape == (200, 128) and np.isfinite(features).all()
+
+
+def test_the_default_extractor_is_fmnist_only_for_fashion_mnist_models():
+    assert default_extractor((28, 28, 1), None) == "fmnist"  # models saved before the record
+    assert default_extractor((28, 28, 1), {"dataset": "fashion_mnist"}) == "fmnist"
+    with pytest.raises(ValueError, match="dataset='mnist'.*--extractor inception"):
+        default_extractor((28, 28, 1), {"dataset": "mnist"})
+    with pytest.raises(ValueError, match="image_dir='/data/cats'.*--extractor fmnist"):
+        default_extractor((32, 32, 3), {"image_dir": "/data/cats"})

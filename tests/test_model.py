@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ddpm_keras.config import get_config
 from ddpm_keras.files import save_model
-from ddpm_keras.model import DiffusionModel, load_diffusion_model
+from ddpm_keras.model import DiffusionModel, build_model, load_diffusion_model
 from ddpm_keras.schedule import NoiseSchedule
 
 from .conftest import CLASS_NAMES, REPO_ROOT, build_tiny_network
@@ -425,3 +426,37 @@ def test_models_saved_by_the_first_release_load_and_sample_the_same_images(name)
     model.ema_network.set_weights(model.network.get_weights())
     raw = model.generate(4, steps=5, sampler="ddim", seed=3, **labels)
     assert np.max(np.abs(raw - expected["ddim"])) > 1e-2
+
+
+def test_the_training_data_record_is_saved_with_the_model(tiny_network, tmp_path):
+    record = {"image_dir": "/data/cats", "val_fraction": 0.1, "batch_size": 8, "seed": 3}
+    model = DiffusionModel(tiny_network, NoiseSchedule(timesteps=10), training_data=record)
+    config = json.loads(json.dumps(model.get_config()))
+    assert DiffusionModel.from_config(config).training_data == record
+    model.save(tmp_path / "model.keras")
+    assert load_diffusion_model(tmp_path / "model.keras").training_data == record
+    with pytest.raises(ValueError, match="training_data="):
+        DiffusionModel(tiny_network, NoiseSchedule(timesteps=10), training_data="cats")
+
+
+def test_build_model_records_a_folder_run_and_its_hold_out():
+    config = get_config("smoke", image_dir="images", image_size=(8,), val_fraction=0.2)
+    record = build_model(config, (8, 8, 1)).training_data
+    assert record["image_dir"] == os.path.abspath("images")
+    assert (record["val_fraction"], record["batch_size"], record["seed"]) == (0.2, 32, 42)
+    assert record["image_size"] == [8, 8]
+    assert build_model(get_config("smoke"), (8, 8, 1)).training_data["dataset"] == "fashion_mnist"
+
+
+def test_fit_scales_uint8_images_as_the_data_pipeline_does(images):
+    pixels = np.round((images + 1.0) * 127.5).astype(np.uint8)
+    weights = []
+    for batch in (pixels, pixels.astype(np.float32) / 127.5 - 1.0):
+        keras.utils.set_random_seed(0)
+        model = compiled(DiffusionModel(build_tiny_network(), NoiseSchedule(timesteps=100)))
+        model.fit(batch, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        weights.append(model.network.get_weights())
+    for uint8_weight, float_weight in zip(*weights, strict=True):
+        np.testing.assert_array_equal(uint8_weight, float_weight)
+    with pytest.raises(ValueError, match=r"look like \[0, 1\]"):
+        model.fit((images + 1.0) / 2.0, batch_size=16, epochs=1, verbose=0)
