@@ -57,7 +57,8 @@ def train_parser():
     Unset flags keep the preset's value.
     """
     parser = argparse.ArgumentParser(
-        description="Train a DDPM on Fashion-MNIST (or another TFDS image dataset). "
+        description="Train a DDPM on Fashion-MNIST, another TFDS image dataset or a folder "
+        "of images (--image-dir). "
         "Unset flags keep the preset's value."
     )
     docs = field_docs()

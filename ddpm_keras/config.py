@@ -222,6 +222,10 @@ class DiffusionConfig:
         return os.path.join(self.output_dir, "samples")
 
     @property
+    def image_cache_dir(self) -> str:
+        return os.path.join(self.output_dir, "image_cache")
+
+    @property
     def tensorboard_dir(self) -> str:
         return os.path.join(self.output_dir, "tensorboard")
 

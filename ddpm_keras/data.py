@@ -441,7 +441,7 @@ def load_image_folder(config):
         config.image_size,
         config.channels,
         config.memory_cache_mb,
-        os.path.join(config.output_dir, "image_cache"),
+        config.image_cache_dir,
     )
     image_shape = tuple(int(d) for d in decoded.images.shape[1:])
     check_image_size(image_shape, config.channel_multipliers, name="image_shape")

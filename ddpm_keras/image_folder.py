@@ -169,11 +169,32 @@ class Scan:
     skipped: tuple[str, ...]
 
 
-def _progress(total, label):
+def _decoded_batches(paths, function, label, show_progress):
+    """Yields batches of `function(index, path)` over `paths`, decoded in parallel by tf.data.
+
+    A file whose decoding fails is left out (`ignore_errors`); the indices
+    that come out say which files did.
+    """
     import keras
 
-    print(label)
-    return keras.utils.Progbar(total, unit_name="image")
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), list(paths)))
+        .map(function, num_parallel_calls=tf.data.AUTOTUNE)
+        .ignore_errors()
+        .batch(256)
+    )
+    progbar = None
+    if show_progress:
+        print(f"{label} {len(paths)} images:")
+        progbar = keras.utils.Progbar(len(paths), unit_name="image")
+    done = 0
+    for batch in dataset.as_numpy_iterator():
+        done += len(batch[0])
+        if progbar is not None:
+            progbar.update(done)
+        yield batch
+    if progbar is not None and done < len(paths):
+        progbar.update(len(paths))  # the files left out, to close the bar
 
 
 def scan_images(paths, show_progress=True) -> Scan:
@@ -184,23 +205,13 @@ def scan_images(paths, show_progress=True) -> Scan:
         image = _decode(path)
         return index, tf.shape(image)[:2], _is_colour(image)
 
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
-        .map(scan, num_parallel_calls=tf.data.AUTOTUNE)
-        # An unreadable file is dropped here; the indices that come out say which.
-        .ignore_errors()
-        .batch(256)
-    )
-    progbar = _progress(len(paths), f"Checking {len(paths)} images:") if show_progress else None
     indices, sizes, colour = [], [], []
-    for batch_indices, batch_sizes, batch_colour in dataset.as_numpy_iterator():
+    for batch_indices, batch_sizes, batch_colour in _decoded_batches(
+        paths, scan, "Checking", show_progress
+    ):
         indices.extend(batch_indices.tolist())
         sizes.extend(tuple(size) for size in batch_sizes.tolist())
         colour.extend(batch_colour.tolist())
-        if progbar is not None:
-            progbar.update(len(indices))
-    if progbar is not None and len(indices) < len(paths):
-        progbar.update(len(paths))  # the skipped files, to close the bar
     missing = sorted(set(range(len(paths))) - set(indices))
     return Scan(
         np.asarray(indices, np.int64),
@@ -276,19 +287,10 @@ def decode_images(paths, shape, out, show_progress=True):
     def load(index, path):
         return index, fit_image(_decode(path), image_size, channels)
 
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
-        .map(load, num_parallel_calls=tf.data.AUTOTUNE)
-        .ignore_errors()
-        .batch(256)
-    )
-    progbar = _progress(len(paths), f"Decoding {len(paths)} images:") if show_progress else None
     written = 0
-    for indices, images in dataset.as_numpy_iterator():
+    for indices, images in _decoded_batches(paths, load, "Decoding", show_progress):
         out[indices] = images
         written += len(indices)
-        if progbar is not None:
-            progbar.update(written)
     if written != len(paths):
         raise DataUnavailableError(
             f"{len(paths) - written} images changed while they were read (they decoded a "

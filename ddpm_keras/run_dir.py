@@ -141,6 +141,7 @@ def run_artifacts(config: DiffusionConfig):
         config.backup_dir,
         config.samples_dir,
         config.tensorboard_dir,
+        config.image_cache_dir,
         config.metrics_path,
         config.history_path,
         config.samples_path,

@@ -11,6 +11,7 @@ ARTIFACT_PATHS = (
     "backup_dir",
     "samples_dir",
     "tensorboard_dir",
+    "image_cache_dir",
     "model_path",
     "metrics_path",
     "history_path",

@@ -25,8 +25,8 @@ def images():
     return np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 1)).astype("float32")
 
 
-def fit_one_step(strategy, network, images, model_class=ImageDerivedNoiseModel):
-    """One SGD step on one global batch of `images` under `strategy`."""
+def fit_one_step(strategy, network, images, model_class=ImageDerivedNoiseModel, dataset=None):
+    """One SGD step on one global batch of `images` (or the one batch of `dataset`) under `strategy`."""
     with strategy.scope():
         replica_network = keras.models.clone_model(network)
         replica_network.set_weights(network.get_weights())
@@ -34,7 +34,8 @@ def fit_one_step(strategy, network, images, model_class=ImageDerivedNoiseModel):
         # SGD, not Adam: Adam's first step is nearly lr * sign(gradient), so it
         # would hide gradients that are N times too large.
         model.compile(optimizer=keras.optimizers.SGD(0.1))
-    dataset = tf.data.Dataset.from_tensor_slices(images).batch(len(images))
+    if dataset is None:
+        dataset = tf.data.Dataset.from_tensor_slices(images).batch(len(images))
     history = model.fit(dataset, epochs=1, verbose=0)
     return model, history.history["loss"][0]
 
@@ -131,3 +132,21 @@ def test_single_process_is_chief_and_keeps_the_backup_dir(tmp_path):
     strategy = make_strategy("mirrored", TWO_CPUS)
     assert is_chief(strategy)
     assert worker_backup_dir(str(tmp_path), strategy) == str(tmp_path)
+
+
+def test_a_step_on_array_batches_is_the_same_on_two_replicas(tiny_network):
+    # Folder and NumPy data gather their batches with a NumPy function; the
+    # strategy must split those batches like any other.
+    from ddpm_keras.data import from_arrays
+
+    pixels = np.random.default_rng(1).integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
+    train_ds, _, _ = from_arrays(pixels, batch_size=8, seed=0)  # one training batch
+    mirrored, mirrored_loss = fit_one_step(
+        make_strategy("mirrored", TWO_CPUS), tiny_network, None, dataset=train_ds
+    )
+    single, single_loss = fit_one_step(
+        tf.distribute.get_strategy(), tiny_network, None, dataset=train_ds
+    )
+    assert max_difference(mirrored.network.get_weights(), single.network.get_weights()) < 1e-5
+    # The tolerances of test_mirrored_step_equals_one_device_step, for the same reasons.
+    assert mirrored_loss == pytest.approx(single_loss, rel=16 * float(np.finfo(np.float32).eps))

@@ -231,6 +231,7 @@ def test_ddpm_evaluate_samples_with_the_chosen_weights(tiny_model, weights, tmp_
     monkeypatch.setattr(evaluation, "evaluate_model", fake_evaluate_model)
     monkeypatch.setattr("ddpm_keras.features.get_feature_extractor", lambda *args, **kwargs: None)
     argv = ["--model", str(path), "--settings", "ddim:2", "--weights", weights]
+    argv += ["--extractor", "fmnist"]  # an 8x8 model of unrecorded data must name one
     assert evaluate_main([*argv, "--floor-split", "none", "--output-dir", str(tmp_path)]) == 0
     expected = tiny_model.network if weights == "raw" else tiny_model.ema_network
     for actual, wanted in zip(used["ema"], expected.get_weights(), strict=True):
