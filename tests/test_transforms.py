@@ -81,8 +81,8 @@ def test_scale_images_maps_uint8_to_the_unit_range_and_checks_floats():
     np.testing.assert_array_equal(scale_images(floats), floats)
     with pytest.raises(ConfigError, match=r"look like \[0, 1\]"):
         scale_images(np.array([0.0, 0.9], np.float32))
-    with pytest.raises(ConfigError, match=r"in \[-1, 1\]"):
-        scale_images(np.array([-1.0, 1.5]))
+    noisy = np.array([-1.02, 1.03], np.float32)  # a little outside, e.g. added noise
+    np.testing.assert_array_equal(scale_images(noisy), noisy)
     with pytest.raises(ConfigError, match="finite"):
         scale_images(np.array([np.nan, 0.0]))
     with pytest.raises(ConfigError, match="dtype=int32"):
