@@ -326,6 +326,18 @@ RESUMABLE_FIELDS = frozenset(
 )
 
 
+# The fields that decide which images of an image folder a run holds out
+# for validation (`data.folder_split`); a folder-trained model records them
+# (`model.training_data_record`), so that `ddpm-evaluate` holds out the same.
+HOLDOUT_FIELDS = (
+    "val_fraction",
+    "batch_size",
+    "seed",
+    "max_train_examples",
+    "max_val_examples",
+)
+
+
 def check_field(name, value):
     """Checks one value against the rule of the config field `name` (see `FIELD_RULES`).
 

@@ -18,7 +18,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
-from ddpm_keras.config import check_field, check_image_size
+from ddpm_keras.config import HOLDOUT_FIELDS, check_field, check_image_size
 from ddpm_keras.errors import ConfigError, DataUnavailableError
 from ddpm_keras.image_folder import decode_folder, find_images, holdout_split
 from ddpm_keras.transforms import fit_image, scale_images, to_unit_range
@@ -352,12 +352,18 @@ def array_datasets(images, labels, train_rows, val_rows, batch_size, seed):
     return _shard_by_data(train_ds), _shard_by_data(val_ds)
 
 
-def folder_split(
-    num_files, val_fraction, batch_size, seed, max_train_examples=None, max_val_examples=None
-):
-    """The file indices a folder run trains and validates on: the seeded hold-out, then the limits."""
-    train_files, val_files = holdout_split(num_files, val_fraction, batch_size, seed)
-    return train_files[:max_train_examples], val_files[:max_val_examples]
+def folder_split(num_files, holdout):
+    """The file indices a folder run trains and validates on: the seeded hold-out, then the limits.
+
+    Args:
+        num_files: The image files found (`image_folder.find_images`).
+        holdout: The values of `config.HOLDOUT_FIELDS`, from a config or a
+            model's `training_data`.
+    """
+    train_files, val_files = holdout_split(
+        num_files, holdout["val_fraction"], holdout["batch_size"], holdout["seed"]
+    )
+    return train_files[: holdout["max_train_examples"]], val_files[: holdout["max_val_examples"]]
 
 
 def folder_evaluation_images(training_data, image_shape, num_floor, seed, image_dir=None):
@@ -379,14 +385,7 @@ def folder_evaluation_images(training_data, image_shape, num_floor, seed, image_
     """
     image_dir = image_dir or training_data["image_dir"]
     files = find_images(image_dir)
-    train_files, val_files = folder_split(
-        len(files.paths),
-        training_data["val_fraction"],
-        training_data["batch_size"],
-        training_data["seed"],
-        training_data.get("max_train_examples"),
-        training_data.get("max_val_examples"),
-    )
+    train_files, val_files = folder_split(len(files.paths), training_data)
 
     def decode(indices):
         decoded = decode_folder(
@@ -417,14 +416,8 @@ def load_image_folder(config):
             "`class_conditional` needs labelled images: one subfolder per class under "
             f"image_dir; this folder is flat. Received: image_dir={config.image_dir!r}"
         )
-    train_files, val_files = folder_split(
-        len(files.paths),
-        config.val_fraction,
-        config.batch_size,
-        config.seed,
-        config.max_train_examples,
-        config.max_val_examples,
-    )
+    holdout = {name: getattr(config, name) for name in HOLDOUT_FIELDS}
+    train_files, val_files = folder_split(len(files.paths), holdout)
     used = np.concatenate([train_files, val_files])
     layout = (
         f"{len(files.class_names)} classes ({', '.join(files.class_names[:10])}"

@@ -348,12 +348,12 @@ def decode_folder(
     if available is not None:
         budget = min(budget, available // 2)
     size = f"{len(readable)} images of {shape[0]}x{shape[1]}x{shape[2]}, {num_bytes / 1e6:.1f} MB"
-    if num_bytes <= budget or cache_dir is None:
-        if num_bytes > budget:
-            raise ConfigError(
-                f"The decoded images ({size}) exceed the memory budget of {budget / 1e6:.0f} "
-                "MB and no cache folder was given. Received: cache_dir=None"
-            )
+    if num_bytes > budget and cache_dir is None:
+        raise ConfigError(
+            f"The decoded images ({size}) exceed the memory budget of {budget / 1e6:.0f} "
+            "MB and no cache folder was given. Received: cache_dir=None"
+        )
+    if num_bytes <= budget:
         images = np.empty((len(readable), *shape), np.uint8)
         decode_images(readable, shape, images, show_progress)
         print(f"Cached {size} in memory (budget {budget / 1e6:.0f} MB).")

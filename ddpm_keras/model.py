@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ddpm_keras.config import DEFAULT_GUIDANCE_SCALE, check_field
+from ddpm_keras.config import DEFAULT_GUIDANCE_SCALE, HOLDOUT_FIELDS, check_field
 from ddpm_keras.errors import ConfigError, MissingFileError
 from ddpm_keras.pipeline import SamplingPipeline, SamplingSettings, label_ids
 from ddpm_keras.precision import resolve_precision
@@ -447,15 +447,8 @@ def training_data_record(config):
     if config.image_dir is None:
         return {"dataset": config.dataset, **record}
     # What reproduces the run's hold-out (`data.folder_split`).
-    return {
-        "image_dir": os.path.abspath(config.image_dir),
-        "val_fraction": config.val_fraction,
-        "batch_size": config.batch_size,
-        "seed": config.seed,
-        "max_train_examples": config.max_train_examples,
-        "max_val_examples": config.max_val_examples,
-        **record,
-    }
+    holdout = {name: getattr(config, name) for name in HOLDOUT_FIELDS}
+    return {"image_dir": os.path.abspath(config.image_dir), **holdout, **record}
 
 
 def load_diffusion_model(path):
