@@ -442,8 +442,8 @@ def validate_config(config: DiffusionConfig) -> None:
         fail(
             "fid_every",
             config.fid_every,
-            "needs the Fashion-MNIST TFDS dataset (dataset='fashion_mnist', no image_dir), "
-            f"not dataset={config.dataset!r}, image_dir={config.image_dir!r}: its features come "
+            f"needs dataset='fashion_mnist', not {config.dataset!r}, and no image_dir "
+            f"(image_dir={config.image_dir!r}): its features come "
             "from the committed Fashion-MNIST classifier. For other datasets add a "
             "FIDCallback with your own extractor",
         )
