@@ -24,6 +24,7 @@ from ddpm_keras.callbacks.guards import NonFiniteLossError
 from ddpm_keras.checks import Choice, Integer
 from ddpm_keras.config import (
     DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_OUTPUT_DIR,
     FIELD_RULES,
     PRESETS,
     SAMPLERS,
@@ -95,15 +96,54 @@ def config_from_args(args):
     return get_config(preset, **overrides)
 
 
+def add_model_flags(parser, default_model=None):
+    """`--model PATH` or `--pretrained NAME`: the model a command loads."""
+    from ddpm_keras.pretrained import PRETRAINED
+
+    group = parser.add_mutually_exclusive_group(required=default_model is None)
+    group.add_argument(
+        "--model",
+        help="saved .keras model"
+        + ("" if default_model is None else f" (default: {default_model})"),
+    )
+    group.add_argument(
+        "--pretrained",
+        metavar="NAME",
+        help="a released model, shipped with the package: "
+        + (", ".join(sorted(PRETRAINED)) or "none yet"),
+    )
+    parser.set_defaults(default_model=default_model)
+
+
+def model_from_args(args):
+    """Loads the model of `--model` / `--pretrained`; returns it and where it came from."""
+    from ddpm_keras.model import load_diffusion_model
+    from ddpm_keras.pretrained import load_pretrained
+
+    if args.pretrained is not None:
+        return load_pretrained(args.pretrained), f"pretrained:{args.pretrained}"
+    path = args.model or args.default_model
+    return load_diffusion_model(path), path
+
+
+# What `ddpm-sample` draws when not told how many.
+DEFAULT_NUM_IMAGES = 36
+DEFAULT_PER_CLASS = 6
+
+
 def sample_parser():
     """Flags of `scripts/sample.py` / `ddpm-sample`."""
-    parser = argparse.ArgumentParser(description="Sample images from a saved DDPM.")
-    parser.add_argument(
-        "--model",
-        default=os.path.join("artifacts", "tensorflow_diffusion", "model.keras"),
-        help="saved .keras model (default: %(default)s)",
+    parser = argparse.ArgumentParser(
+        description="Sample images from a saved DDPM or a released one (--pretrained)."
     )
-    parser.add_argument("--num-images", type=int, default=36)
+    add_model_flags(parser, default_model=os.path.join(DEFAULT_OUTPUT_DIR, "model.keras"))
+    parser.add_argument(
+        "--num-images",
+        type=int,
+        help=f"images (default: {DEFAULT_NUM_IMAGES}; for a class-conditional model without "
+        "--class, one row per class of NUM_IMAGES // classes, default "
+        f"{DEFAULT_PER_CLASS} per class)",
+    )
     parser.add_argument(
         "--steps", type=int, help="sampling steps (default: 50 for ddim, T for ddpm)"
     )
@@ -122,7 +162,13 @@ def sample_parser():
     parser.add_argument(
         "--per-class",
         type=int,
-        help="class-conditional models: a grid with one row of this many images per class",
+        help="class-conditional models: a grid with one row of this many images per class "
+        "(what they draw by default)",
+    )
+    parser.add_argument(
+        "--unconditional",
+        action="store_true",
+        help="class-conditional models: draw from the unconditional model (no label) instead",
     )
     parser.add_argument(
         "--guidance-scale",
@@ -234,24 +280,33 @@ def train_main(argv=None):
 def sample_main(argv=None):
     """Entry point of `ddpm-sample` (and `scripts/sample.py`)."""
     from ddpm_keras.files import ensure_writable_dir, save_gif, save_image_grid
-    from ddpm_keras.model import load_diffusion_model
 
     args = sample_parser().parse_args(argv)
     if not args.output.endswith(".png"):
         raise ConfigError(f"`--output` must end in '.png'. Received: output={args.output!r}")
     if args.gif is not None and not args.gif.endswith(".gif"):
         raise ConfigError(f"`--gif` must end in '.gif'. Received: gif={args.gif!r}")
-    for name in ("num_images", "batch_size", "gif_frames"):
-        Integer(2 if name == "gif_frames" else 1).check(name, getattr(args, name))
-    if args.class_label is not None and args.per_class is not None:
-        raise ConfigError(
-            "Give `--class` or `--per-class`, not both. "
-            f"Received: class={args.class_label!r}, per_class={args.per_class}"
+    for name in ("num_images", "per_class", "batch_size", "gif_frames"):
+        if getattr(args, name) is not None:
+            Integer(2 if name == "gif_frames" else 1).check(name, getattr(args, name))
+    chosen = [
+        f"{flag}={value!r}"
+        for flag, value in (
+            ("class", args.class_label),
+            ("per_class", args.per_class),
+            ("unconditional", args.unconditional or None),
         )
-    if args.guidance_scale is not None and args.class_label is None and args.per_class is None:
+        if value is not None
+    ]
+    if len(chosen) > 1:
         raise ConfigError(
-            "`--guidance-scale` applies to labelled samples: give `--class` or `--per-class` "
-            f"(of a class-conditional model). Received: guidance_scale={args.guidance_scale}"
+            "Give one of `--class`, `--per-class` and `--unconditional`. "
+            f"Received: {', '.join(chosen)}"
+        )
+    if args.unconditional and args.guidance_scale is not None:
+        raise ConfigError(
+            "`--guidance-scale` applies to labelled samples, not `--unconditional` ones. "
+            f"Received: guidance_scale={args.guidance_scale}"
         )
     settings = SamplingSettings(
         args.sampler,
@@ -263,22 +318,35 @@ def sample_main(argv=None):
     for path in (args.output, args.gif):
         if path is not None:
             ensure_writable_dir(os.path.dirname(os.path.abspath(path)))
-    model = load_diffusion_model(args.model)
+    model, _ = model_from_args(args)
     # Checks the steps against the model's T before any work, and gives the real count.
     steps = settings.make_sampler(model.schedule, model.prediction).num_steps
-    num_images, labels, columns = args.num_images, None, None
-    if args.per_class is not None:
-        if args.per_class < 1 or model.num_classes is None:
-            raise ConfigError(
-                "`--per-class` needs a class-conditional model and a count >= 1. "
-                f"Received: per_class={args.per_class}"
-            )
-        columns = args.per_class
-        labels = np.repeat(np.arange(model.num_classes), columns)
-        num_images = len(labels)
-    elif args.class_label is not None:
+    if model.num_classes is None and chosen:
+        raise ConfigError(
+            "`--class`, `--per-class` and `--unconditional` need a class-conditional model. "
+            f"Received: {', '.join(chosen)} for an unconditional model"
+        )
+    if model.num_classes is None and args.guidance_scale is not None:
+        raise ConfigError(
+            "`--guidance-scale` needs a class-conditional model. "
+            f"Received: guidance_scale={args.guidance_scale} for an unconditional model"
+        )
+    num_images = DEFAULT_NUM_IMAGES if args.num_images is None else args.num_images
+    labels = columns = None
+    if args.class_label is not None:
         label = args.class_label
         labels = model.label_ids(int(label) if label.isdigit() else label, num_images)
+    elif model.num_classes is not None and not args.unconditional:
+        # The default of a class-conditional model: guided samples, a row per class.
+        columns = args.per_class
+        if columns is None:
+            columns = (
+                DEFAULT_PER_CLASS
+                if args.num_images is None
+                else max(1, args.num_images // model.num_classes)
+            )
+        labels = np.repeat(np.arange(model.num_classes), columns)
+        num_images = len(labels)
     recorder = ReverseProcessRecorder(
         num_images, args.batch_size, steps, args.gif_frames, columns=columns
     )
@@ -292,7 +360,7 @@ def sample_main(argv=None):
         title += f", guidance {settings.guidance_scale:g}"
         if args.class_label is not None:
             title = f"{model.class_names[labels[0]]}: {title}"
-    row_labels = None if args.per_class is None else model.class_names
+    row_labels = None if columns is None else model.class_names
     save_image_grid(images, args.output, title=title, columns=columns, row_labels=row_labels)
     print(f"Wrote {len(images)} samples to {args.output}")
     if args.gif:
@@ -312,7 +380,7 @@ def evaluate_parser():
     parser = argparse.ArgumentParser(
         description="FID and KID of a saved DDPM for a grid of samplers and step counts."
     )
-    parser.add_argument("--model", required=True, help="saved .keras model")
+    add_model_flags(parser)
     parser.add_argument(
         "--settings",
         nargs="+",
@@ -383,14 +451,14 @@ def evaluate_parser():
 def evaluate_main(argv=None):
     """Entry point of `ddpm-evaluate` (and `scripts/evaluate.py`)."""
     from ddpm_keras.data import folder_evaluation_images, load_split_arrays
-    from ddpm_keras.evaluation import NUM_SAMPLES, evaluate_model, markdown_table
+    from ddpm_keras.evaluation import NUM_SAMPLES, class_mix, evaluate_model, markdown_table
     from ddpm_keras.features import (
         default_extractor,
+        fmnist_card,
         fmnist_classifier_for,
         get_feature_extractor,
     )
     from ddpm_keras.files import ensure_writable_dir, write_json, write_text
-    from ddpm_keras.model import load_diffusion_model
 
     args = evaluate_parser().parse_args(argv)
     settings = [SamplingSettings.parse(text, seed=args.seed) for text in args.settings]
@@ -398,22 +466,22 @@ def evaluate_main(argv=None):
     for scale in args.guidance_scales or ():
         check_field("guidance_scale", scale)
     ensure_writable_dir(args.output_dir)
-    model = load_diffusion_model(args.model)
+    model, model_source = model_from_args(args)
     if args.weights == "raw":
+        if model.sampling_only:
+            raise ConfigError(
+                "`--weights raw` needs a model saved by training; this one holds only its "
+                f"EMA weights. Received: {model_source}"
+            )
         # Sampling always uses ema_network; give it the raw weights.
         model.ema_network.set_weights(model.network.get_weights())
     for setting in settings:  # fail before any sampling, not after an hour of it
         setting.make_sampler(model.schedule, model.prediction)
-    classifier = classifier_name = None
-    if model.num_classes is None:
-        if args.guidance_scales is not None:
-            raise ConfigError(
-                "`--guidance-scales` needs a class-conditional model. "
-                f"Received: {args.model} (unconditional)"
-            )
-    else:
-        classifier = fmnist_classifier_for(model.image_shape, model.class_names)
-        classifier_name = None if classifier is None else "fmnist classifier"
+    if model.num_classes is None and args.guidance_scales is not None:
+        raise ConfigError(
+            "`--guidance-scales` needs a class-conditional model. "
+            f"Received: {model_source} (unconditional)"
+        )
     data = model.training_data or {}
     if args.image_dir is not None and "image_dir" not in data:
         raise ConfigError(
@@ -452,8 +520,19 @@ def evaluate_main(argv=None):
         reference = split_images(args.reference_split, args.max_reference_examples)
         floor = None if args.floor_split == "none" else split_images(args.floor_split, None)
         source, reference_name = dataset, f"{dataset} {args.reference_split}"
+    # The committed classifier labels the samples of Fashion-MNIST models:
+    # a conditional model's classes, or an unconditional one's class mix.
+    class_names = model.class_names
+    if class_names is None and "image_dir" not in data and source == "fashion_mnist":
+        class_names = fmnist_card()["label_names"]
+    classifier = classifier_name = reference_mix = None
+    if class_names is not None:
+        classifier = fmnist_classifier_for(model.image_shape, class_names)
+    if classifier is not None:
+        classifier_name = "fmnist classifier"
+        reference_mix = class_mix(classifier, reference, class_names)
     print(
-        f"Scoring {args.model}: {args.num_samples} samples per row against "
+        f"Scoring {model_source}: {args.num_samples} samples per row against "
         f"{len(reference)} {reference_name} images ({extractor_name} features)"
     )
     rows = evaluate_model(
@@ -466,10 +545,12 @@ def evaluate_main(argv=None):
         seed=args.seed,
         guidance_scales=args.guidance_scales,
         classifier=classifier,
+        class_names=class_names,
+        reference_class_mix=reference_mix,
     )
     table = markdown_table(rows, extractor_name, reference_name, classifier_name)
     report = {
-        "model": args.model,
+        "model": model_source,
         "extractor": extractor_name,
         "data": source,
         "reference": reference_name,
@@ -479,6 +560,7 @@ def evaluate_main(argv=None):
         "seed": args.seed,
         "weights": args.weights,
         "classifier": classifier_name,
+        "reference_class_mix": reference_mix,
         "rows": rows,
     }
     write_json(os.path.join(args.output_dir, "evaluation.json"), report)

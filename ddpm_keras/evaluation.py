@@ -56,6 +56,8 @@ def evaluate_model(
     log=print,
     guidance_scales=None,
     classifier=None,
+    class_names=None,
+    reference_class_mix=None,
 ):
     """FID and KID of `num_samples` samples per sampler setting.
 
@@ -76,28 +78,60 @@ def evaluate_model(
             and scale, each from class-balanced samples (image i asks for
             class i mod num_classes). `None`: `(DEFAULT_GUIDANCE_SCALE,)`
             for a conditional model.
-        classifier: Optional, for conditional models: a Keras model mapping
-            images in [-1, 1] to logits over the model's classes (e.g.
-            `features.fmnist_classifier()`); each row then also gets the
-            share of samples it labels as the class asked for.
+        classifier: Optional: a Keras model mapping images in [-1, 1] to
+            logits over `class_names` (e.g. `features.fmnist_classifier_for`).
+            Every row then gets its class mix (see `class_mix`) and the
+            mix's largest deviation from the reference images' mix under the
+            same classifier; rows of a conditional model also get the share
+            of samples it labels as the class asked for.
+        class_names: The classifier's classes, in its order: the model's
+            own for a conditional model (`None` takes them), the data's for
+            an unconditional one.
+        reference_class_mix: The reference images' class mix under
+            `classifier`, if already known (`None`: measured here).
 
     Returns:
         One dict per row: `source`, `sampler`, `steps`, `eta`,
         `guidance_scale` (`None` if unconditional), `num_samples`, `fid`,
-        `kid`, `kid_std`, `agreement` (`None` unless measured), `seconds`;
-        with a classifier also `agreement_per_class` (class name -> share).
+        `kid`, `kid_std`, `agreement` (`None` unless measured),
+        `class_mix` and `class_mix_deviation` (`None` without a
+        classifier), `seconds`; conditional rows with a classifier also
+        have `agreement_per_class` (class name -> share).
     """
     NUM_SAMPLES.check("num_samples", num_samples)
     if model.num_classes is None:
-        if guidance_scales is not None or classifier is not None:
+        if guidance_scales is not None:
             raise ConfigError(
-                "Guidance scales and class agreement need a class-conditional model. "
+                "Guidance scales need a class-conditional model. "
                 f"Received: guidance_scales={guidance_scales!r} for an unconditional model"
             )
+        if classifier is not None and class_names is None:
+            raise ConfigError(
+                "The class mix of an unconditional model needs the classifier's "
+                "`class_names`. Received: class_names=None"
+            )
         guidance_scales = (None,)
-    elif guidance_scales is None:
-        guidance_scales = (DEFAULT_GUIDANCE_SCALE,)
+    else:
+        class_names = model.class_names if class_names is None else list(class_names)
+        if class_names != model.class_names:
+            raise ConfigError(
+                "`class_names` must be the model's classes, in its order. "
+                f"Received: class_names={class_names!r}, the model's: {model.class_names!r}"
+            )
+        if guidance_scales is None:
+            guidance_scales = (DEFAULT_GUIDANCE_SCALE,)
     labels = None if model.num_classes is None else np.arange(num_samples) % model.num_classes
+    if classifier is not None and reference_class_mix is None:
+        reference_class_mix = class_mix(classifier, reference_images, class_names)
+
+    def mix_of(images):
+        if classifier is None:
+            return {"class_mix": None, "class_mix_deviation": None}, None
+        predicted = classify(classifier, images, len(class_names))
+        mix = _class_shares(predicted, class_names)
+        deviation = max(abs(mix[name] - reference_class_mix[name]) for name in class_names)
+        return {"class_mix": mix, "class_mix_deviation": deviation}, predicted
+
     reference_features = extractor(reference_images)
     reference_statistics = FeatureStatistics.from_features(reference_features)
     rows = []
@@ -108,16 +142,14 @@ def evaluate_model(
             )
         start = time.perf_counter()
         chosen = np.random.default_rng(seed).choice(len(floor_images), num_samples, replace=False)
+        floor_sample = floor_images[np.sort(chosen)]
         scores = score_features(
-            extractor(floor_images[np.sort(chosen)]),
-            reference_features,
-            reference_statistics,
-            kid_subsets,
-            seed,
+            extractor(floor_sample), reference_features, reference_statistics, kid_subsets, seed
         )
         rows.append(
             {"source": "real", "sampler": None, "steps": None, "eta": None, "guidance_scale": None}
             | {"num_samples": num_samples, **scores, "agreement": None}
+            | mix_of(floor_sample)[0]
             | {"seconds": time.perf_counter() - start}
         )
         log(_row_line(rows[-1]))
@@ -131,9 +163,10 @@ def evaluate_model(
             scores = score_features(
                 extractor(images), reference_features, reference_statistics, kid_subsets, seed
             )
+            mix, predicted = mix_of(images)
             agreement = {"agreement": None}
-            if classifier is not None:
-                correct = classify(classifier, images, model.num_classes) == labels
+            if predicted is not None and labels is not None:
+                correct = predicted == labels
                 agreement = {
                     "agreement": float(np.mean(correct)),
                     "agreement_per_class": _per_class_shares(correct, labels, model.class_names),
@@ -141,7 +174,7 @@ def evaluate_model(
             rows.append(
                 {"source": "model", "sampler": setting.sampler, "steps": setting.steps}
                 | {"eta": setting.eta, "guidance_scale": guidance_scale}
-                | {"num_samples": num_samples, **scores, **agreement}
+                | {"num_samples": num_samples, **scores, **agreement, **mix}
                 | {"seconds": time.perf_counter() - start}
             )
             log(_row_line(rows[-1]))
@@ -154,6 +187,27 @@ def _per_class_shares(correct, labels, class_names):
         name: float(np.mean(correct[labels == index])) if np.any(labels == index) else None
         for index, name in enumerate(class_names)
     }
+
+
+def _class_shares(class_ids, class_names):
+    """Class name -> the share of `class_ids` that are its id."""
+    counts = np.bincount(class_ids, minlength=len(class_names))
+    return {
+        name: float(count / len(class_ids)) for name, count in zip(class_names, counts, strict=True)
+    }
+
+
+def class_mix(classifier, images, class_names):
+    """The share of images in [0, 1] a classifier labels as each class.
+
+    A model can score a fair FID and still draw some classes rarely; its
+    samples' mix, beside the real images' mix under the same classifier,
+    shows it.
+
+    Returns:
+        Class name -> share (the shares sum to 1).
+    """
+    return _class_shares(classify(classifier, images, len(class_names)), class_names)
 
 
 def classify(classifier, images, num_classes):
@@ -178,6 +232,8 @@ def _row_label(row):
 
 def _row_line(row):
     agreement = "" if row.get("agreement") is None else f", agreement {row['agreement']:.3f}"
+    if row.get("class_mix_deviation") is not None:
+        agreement += f", class mix off by at most {100 * row['class_mix_deviation']:.1f} pp"
     return (
         f"{_row_label(row)}: FID {row['fid']:.2f}, KID {row['kid']:.4f} "
         f"± {row['kid_std']:.4f}{agreement} ({row['num_samples']} samples, {row['seconds']:.1f} s)"
@@ -187,18 +243,30 @@ def _row_line(row):
 def markdown_table(rows, extractor_name, reference_split, classifier_name=None):
     """The rows as a Markdown table, with what every number was measured on.
 
-    With `classifier_name`, a column gives each row's class agreement.
+    With `classifier_name`, columns give each row's class agreement
+    (conditional models) and its class mix's largest deviation.
     """
-    agreement_header = "" if classifier_name is None else f" agreement ({classifier_name}) |"
+    conditional = any(row.get("guidance_scale") is not None for row in rows)
+    extra_headers = []
+    if classifier_name is not None:
+        if conditional:
+            extra_headers.append(f"agreement ({classifier_name})")
+        extra_headers.append("class mix: largest deviation")
     lines = [
-        f"| samples | FID ({extractor_name}) | KID ({extractor_name}) |{agreement_header}"
-        " seconds | N |",
-        "|---|---|---|---|---|" + ("" if classifier_name is None else "---|"),
+        f"| samples | FID ({extractor_name}) | KID ({extractor_name}) |"
+        + "".join(f" {header} |" for header in extra_headers)
+        + " seconds | N |",
+        "|---|---|---|---|---|" + "---|" * len(extra_headers),
     ]
     for row in rows:
         agreement = ""
         if classifier_name is not None:
-            agreement = " - |" if row.get("agreement") is None else f" {row['agreement']:.3f} |"
+            if conditional:
+                agreement += (
+                    " - |" if row.get("agreement") is None else f" {row['agreement']:.3f} |"
+                )
+            deviation = row.get("class_mix_deviation")
+            agreement += " - |" if deviation is None else f" {100 * deviation:.1f} pp |"
         lines.append(
             f"| {_row_label(row)} | {row['fid']:.2f} | {row['kid']:.4f} ± {row['kid_std']:.4f} "
             f"|{agreement} {row['seconds']:.1f} | {row['num_samples']} |"
@@ -211,7 +279,15 @@ def markdown_table(rows, extractor_name, reference_split, classifier_name=None):
     if any(row.get("guidance_scale") is not None for row in rows):
         notes += " Guided rows ask for every class in turn; guidance 0 is the unconditional model."
     if classifier_name is not None:
-        notes += " Agreement: the share of samples the classifier labels as the class asked for."
+        if conditional:
+            notes += (
+                " Agreement: the share of samples the classifier labels as the class asked for."
+            )
+        notes += (
+            " Class mix: the share of samples the classifier labels as each class; its largest "
+            "deviation (percentage points) from the reference images' mix under the same "
+            "classifier."
+        )
     lines.append(notes)
     return "\n".join(lines)
 

@@ -21,6 +21,9 @@ from ddpm_keras.precision import resolve_precision
 from ddpm_keras.schedule import NoiseSchedule
 from ddpm_keras.transforms import scale_images
 
+# What `get_config` writes as `ema_network` for a sampling-only model.
+SHARED_EMA = "network"
+
 
 @keras.saving.register_keras_serializable(package="ddpm_keras")
 class DiffusionModel(keras.Model):
@@ -37,7 +40,10 @@ class DiffusionModel(keras.Model):
         schedule: The `NoiseSchedule`.
         ema_decay: EMA decay in [0, 1] (e.g. 0.999).
         ema_network: The EMA copy of `network`. `None` clones `network`
-            (weights included); given when loading a saved model.
+            (weights included); given when loading a saved model. `network`
+            itself makes a sampling-only model: it samples with the
+            network's own weights and keeps no second copy (see
+            `sampling_copy`); it cannot be trained.
         prediction: What the network learns to output: `"epsilon"` (the
             noise), `"x0"` (the clean image) or `"v"` (Salimans & Ho 2022).
         min_snr_gamma: If set, weight each example's loss by the min-SNR-gamma
@@ -125,6 +131,7 @@ class DiffusionModel(keras.Model):
         if ema_network is None:
             ema_network = keras.models.clone_model(network)
             ema_network.set_weights(network.get_weights())
+        self.sampling_only = ema_network is network
         if not isinstance(ema_network, keras.Model) or [
             tuple(w.shape) for w in ema_network.weights
         ] != [tuple(w.shape) for w in network.weights]:
@@ -132,8 +139,9 @@ class DiffusionModel(keras.Model):
                 "`ema_network` must be a copy of `network` (same weights and shapes). "
                 f"Received: ema_network={ema_network!r}"
             )
-        # The EMA copy is updated by `_update_ema`, never by the optimizer.
-        ema_network.trainable = False
+        if not self.sampling_only:
+            # The EMA copy is updated by `_update_ema`, never by the optimizer.
+            ema_network.trainable = False
         self.ema_network = ema_network
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self._pipeline = None
@@ -162,6 +170,14 @@ class DiffusionModel(keras.Model):
         Float images must already be in [-1, 1]; see `transforms.scale_images`
         for the checks. Datasets pass through unchanged.
         """
+        if self.sampling_only:
+            raise ConfigError(
+                "This model holds only its sampling weights (no EMA copy, no optimizer "
+                "state), e.g. a released model, and cannot be trained. To fine-tune it, "
+                "build a model with the same settings and copy them: "
+                "`new.network.set_weights(model.network.get_weights())`. "
+                f"Received: model={self.name!r}"
+            )
         x = _scaled_if_array(x, "x")
         if isinstance(validation_data, tuple) and validation_data:
             validation_data = (
@@ -360,6 +376,31 @@ class DiffusionModel(keras.Model):
         settings = SamplingSettings(sampler, steps, eta, guidance_scale, seed)
         return self.pipeline(num_images, settings, labels, batch_size, callback)
 
+    def sampling_copy(self):
+        """A sampling-only copy: the EMA weights as its network, nothing else.
+
+        What a released model holds: the same settings, schedule and classes,
+        one copy of the weights (the EMA ones) instead of two, and no
+        optimizer state, so its file is about half as large as one written
+        by `save` after training. It samples exactly like this model.
+        """
+        network = keras.models.clone_model(self.ema_network)
+        network.set_weights(self.ema_network.get_weights())
+        network.trainable = True
+        return DiffusionModel(
+            network,
+            self.schedule,
+            ema_decay=self.ema_decay,
+            ema_network=network,
+            prediction=self.prediction,
+            min_snr_gamma=self.min_snr_gamma,
+            class_names=self.class_names,
+            label_dropout=self.label_dropout,
+            training_data=self.training_data,
+            dtype=self.dtype_policy,
+            name=self.name,
+        )
+
     # Serialization --------------------------------------------------------
 
     def get_config(self):
@@ -369,7 +410,10 @@ class DiffusionModel(keras.Model):
                 "network": keras.saving.serialize_keras_object(self.network),
                 "schedule": keras.saving.serialize_keras_object(self.schedule),
                 "ema_decay": self.ema_decay,
-                "ema_network": keras.saving.serialize_keras_object(self.ema_network),
+                # A sampling-only model's EMA network is its network: saved once.
+                "ema_network": SHARED_EMA
+                if self.sampling_only
+                else keras.saving.serialize_keras_object(self.ema_network),
                 "prediction": self.prediction,
                 "min_snr_gamma": self.min_snr_gamma,
                 "class_names": self.class_names,
@@ -383,8 +427,11 @@ class DiffusionModel(keras.Model):
     def from_config(cls, config):
         # Deep copy: deserialization consumes the nested dicts it is given.
         config = copy.deepcopy(config)
-        for name in ("network", "schedule", "ema_network"):
+        shared = config.get("ema_network") == SHARED_EMA
+        for name in ("network", "schedule") + (() if shared else ("ema_network",)):
             config[name] = keras.saving.deserialize_keras_object(config[name])
+        if shared:
+            config["ema_network"] = config["network"]
         # Saved weights (EMA included) are loaded after construction.
         return cls(**config)
 

@@ -228,6 +228,10 @@ def test_train_without_data_says_how_to_fix(tmp_path, capsys):
         (["--gif", "anim.png"], "gif='anim.png'"),
         (["--gif", "a.gif", "--gif-frames", "1"], "gif_frames=1"),
         (["--sampler", "dpmpp_2m", "--eta", "0.5"], "eta=0.5"),
+        # tiny_model is unconditional.
+        (["--per-class", "2"], "need a class-conditional model"),
+        (["--unconditional"], "need a class-conditional model"),
+        (["--guidance-scale", "2"], "needs a class-conditional model"),
     ],
 )
 def test_sample_rejects_bad_values(argv, message, tmp_path, tiny_model, capsys):
@@ -239,6 +243,15 @@ def test_sample_rejects_bad_values(argv, message, tmp_path, tiny_model, capsys):
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "g.png").exists()
+
+
+def test_sample_takes_a_model_or_a_released_name_not_both(tmp_path, capsys):
+    assert sample_main(["--pretrained", "no-such-model"]) == 2
+    assert "Unknown pretrained model. Known: " in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        sample_main(["--pretrained", "x", "--model", str(tmp_path / "m.keras")])
+    assert info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_sample_missing_or_corrupt_model(tmp_path, capsys):
@@ -294,12 +307,17 @@ def test_sample_draws_one_class_or_a_row_per_class(tmp_path, capsys):
     per_class = tmp_path / "classes.png"
     assert sample_main([*common, "--per-class", "2", "--output", str(per_class)]) == 0
     assert "Wrote 6 samples" in capsys.readouterr().out  # 3 classes x 2
+    # Without --class: guided samples, a row per class, sized by --num-images.
+    for argv, count in [([], 3 * 6), (["--num-images", "7"], 3 * 2), (["--unconditional"], 36)]:
+        assert sample_main([*common, *argv, "--output", str(tmp_path / "d.png")]) == 0
+        assert f"Wrote {count} samples" in capsys.readouterr().out
     for argv, message in [
         (["--class", "sneaker"], "labels='sneaker'"),
         (["--class", "7"], "labels=7"),
         (["--per-class", "0"], "per_class=0"),
-        (["--per-class", "2", "--class", "trouser"], "not both"),
-        (["--guidance-scale", "2"], "applies to labelled samples"),
+        (["--per-class", "2", "--class", "trouser"], "Give one of"),
+        (["--unconditional", "--per-class", "2"], "Give one of"),
+        (["--unconditional", "--guidance-scale", "2"], "not `--unconditional`"),
     ]:
         assert sample_main([*common, *argv, "--output", str(tmp_path / "x.png")]) == 2
         assert message in capsys.readouterr().err

@@ -136,6 +136,61 @@ def test_evaluate_model_scores_each_guidance_scale_of_a_conditional_model():
     assert "| 0.300 |" in table and "guidance 0 is the unconditional model" in table
 
 
+def brightness_classifier(threshold):
+    """A classifier of 8x8 images: class 1 if the mean pixel (in [-1, 1]) exceeds `threshold`."""
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(
+                2,
+                kernel_initializer=keras.initializers.Constant([[0.0, 1.0]] * 64),
+                bias_initializer=keras.initializers.Constant([0.0, -64.0 * threshold]),
+            ),
+        ]
+    )
+
+
+def test_evaluate_model_gives_an_unconditional_models_class_mix(tiny_model):
+    randomize_weights(tiny_model.ema_network)
+    # 30 dark and 10 bright reference images: a mix of 75% and 25%.
+    reference = np.concatenate([np.full((30, 8, 8, 1), 0.1), np.full((10, 8, 8, 1), 0.9)])
+    floor = np.concatenate([np.full((20, 8, 8, 1), 0.1), np.full((20, 8, 8, 1), 0.9)])
+    samples = tiny_model.generate(12, steps=3, seed=2)
+    # The threshold splits the samples unevenly (the test would not be one if all fell on
+    # one side); the expected mix is counted here without the classifier.
+    threshold = float(np.median(samples.mean(axis=(1, 2, 3)) * 2.0 - 1.0)) + 1e-3
+    bright = float(np.mean(samples.mean(axis=(1, 2, 3)) * 2.0 - 1.0 > threshold))
+    assert 0 < bright < 1
+    rows = evaluate_model(
+        tiny_model,
+        toy_extractor(),
+        reference.astype(np.float32),
+        [SamplingSettings("ddim", 3)],
+        12,
+        floor.astype(np.float32),
+        seed=2,
+        kid_subsets=2,
+        log=lambda line: None,
+        classifier=brightness_classifier(threshold),
+        class_names=["dark", "bright"],
+    )
+    floor_row, model_row = rows
+    assert model_row["class_mix"] == {"dark": pytest.approx(1 - bright), "bright": bright}
+    assert model_row["class_mix_deviation"] == pytest.approx(abs(bright - 0.25))
+    assert model_row["agreement"] is None
+    # 12 of the 40 floor images, drawn at random: their mix against the reference's.
+    floor_bright = floor_row["class_mix"]["bright"]
+    assert floor_row["class_mix_deviation"] == pytest.approx(abs(floor_bright - 0.25))
+    table = markdown_table(rows, "toy", "noise test", "brightness")
+    assert "class mix: largest deviation" in table and "agreement (" not in table
+    assert f"| {100 * abs(bright - 0.25):.1f} pp |" in table
+    with pytest.raises(ValueError, match="needs the classifier's `class_names`"):
+        evaluate_model(
+            tiny_model, toy_extractor(), reference, [], 4, classifier=brightness_classifier(0)
+        )
+
+
 def test_evaluate_model_rejects_guidance_for_an_unconditional_model(tiny_model):
     with pytest.raises(ValueError, match="need a class-conditional model"):
         evaluate_model(tiny_model, None, np.zeros((4, 8, 8, 1)), [], 4, guidance_scales=(1.0,))
@@ -282,6 +337,43 @@ def test_ddpm_evaluate_scores_guidance_scales_with_the_committed_classifier(tmp_
         }
     table = (output_dir / "evaluation.md").read_text()
     assert "| ddim 2, guidance 1.5 |" in table and "agreement (fmnist classifier)" in table
+
+
+def test_ddpm_evaluate_gives_the_class_mix_of_an_unconditional_fashion_mnist_model(
+    tmp_path, monkeypatch
+):
+    from ddpm_keras import data
+    from ddpm_keras.config import get_config
+    from ddpm_keras.features import fmnist_card, fmnist_classifier
+    from ddpm_keras.files import save_model
+    from ddpm_keras.model import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(get_config("smoke"), (28, 28, 1))
+    randomize_weights(model.ema_network, seed=3)
+    path = tmp_path / "unconditional.keras"
+    save_model(model.sampling_copy(), path)
+    reference = np.random.default_rng(0).uniform(-1, 1, (30, 28, 28, 1)).astype(np.float32)
+    monkeypatch.setattr(data, "load_split_arrays", lambda *args, **kwargs: (reference, None, None))
+    output_dir = tmp_path / "evaluation"
+    argv = ["--model", str(path), "--settings", "ddim:2", "--num-samples", "20"]
+    argv += ["--floor-split", "none", "--output-dir", str(output_dir)]
+    assert evaluate_main(argv) == 0
+    report = json.loads((output_dir / "evaluation.json").read_text())
+    names = fmnist_card()["label_names"]
+    classifier = fmnist_classifier()
+
+    def mix(images):  # images in [0, 1]; counted here without evaluation.classify
+        answers = np.argmax(classifier(images * 2.0 - 1.0).numpy(), axis=-1)
+        return {name: np.mean(answers == i) for i, name in enumerate(names)}
+
+    assert report["reference_class_mix"] == pytest.approx(mix((reference + 1) / 2))
+    (row,) = report["rows"]
+    samples = model.generate(20, steps=2, sampler="ddim", seed=report["seed"])
+    assert row["class_mix"] == pytest.approx(mix(samples))
+    deviation = max(abs(row["class_mix"][n] - report["reference_class_mix"][n]) for n in names)
+    assert row["class_mix_deviation"] == pytest.approx(deviation)
+    assert "class mix: largest deviation" in (output_dir / "evaluation.md").read_text()
 
 
 @pytest.mark.slow
