@@ -35,10 +35,12 @@ class Integer:
 
 
 class Number:
-    """A finite number in [low, high], or (low, high] with `low_open` (or `None`, if `optional`)."""
+    """A finite number in [low, high], or with `low_open` / `high_open` excluding that end
+    (or `None`, if `optional`)."""
 
-    def __init__(self, low, high, low_open=False, optional=False):
+    def __init__(self, low, high, low_open=False, optional=False, high_open=False):
         self.low, self.high, self.low_open, self.optional = low, high, low_open, optional
+        self.high_open = high_open
 
     def check(self, name, value):
         if value is None and self.optional:
@@ -48,8 +50,13 @@ class Number:
         if not math.isfinite(value):
             fail(name, value, "must be finite")
         too_low = value <= self.low if self.low_open else value < self.low
-        if too_low or value > self.high:
-            fail(name, value, f"must be in {'(' if self.low_open else '['}{self.low}, {self.high}]")
+        too_high = value >= self.high if self.high_open else value > self.high
+        if too_low or too_high:
+            interval = (
+                f"{'(' if self.low_open else '['}{self.low}, {self.high}"
+                f"{')' if self.high_open else ']'}"
+            )
+            fail(name, value, f"must be in {interval}")
 
 
 class Choice:
@@ -87,19 +94,24 @@ class Text:
 
 
 class Sequence:
-    """A non-empty tuple of positive integers or of non-empty strings (or `None`, if `optional`)."""
+    """A non-empty tuple of integers >= `minimum` or of non-empty strings (or `None`, if
+    `optional`)."""
 
-    def __init__(self, item_type, optional=False):
-        self.item_type, self.optional = item_type, optional
+    def __init__(self, item_type, optional=False, minimum=1):
+        self.item_type, self.optional, self.minimum = item_type, optional, minimum
 
     def _valid(self, item):
         if self.item_type is int:
-            return isinstance(item, int) and not isinstance(item, bool) and item >= 1
+            return isinstance(item, int) and not isinstance(item, bool) and item >= self.minimum
         return isinstance(item, str) and bool(item)
 
     def check(self, name, value):
         if value is None and self.optional:
             return
         if not isinstance(value, tuple) or not value or not all(map(self._valid, value)):
-            kind = "positive integers" if self.item_type is int else "non-empty strings"
+            kind = (
+                ("positive integers" if self.minimum == 1 else f"integers >= {self.minimum}")
+                if self.item_type is int
+                else "non-empty strings"
+            )
             fail(name, value, f"must be a non-empty sequence of {kind}")

@@ -468,6 +468,8 @@ def build_model(config, image_shape, class_names=None):
         norm_groups=config.norm_groups,
         num_classes=None if class_names is None else len(class_names),
         dtype=policy,
+        attention_levels=config.attention_levels,
+        dropout=config.dropout,
     )
     schedule = NoiseSchedule(config.schedule, config.timesteps, config.beta_start, config.beta_end)
     # The model's own policy decides whether `compile` wraps the optimizer in

@@ -10,9 +10,15 @@ from __future__ import annotations
 import math
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
-from ddpm_keras.config import check_field, check_image_size, check_network_widths
+from ddpm_keras.config import (
+    check_attention_levels,
+    check_field,
+    check_image_size,
+    check_network_widths,
+)
 from ddpm_keras.errors import ConfigError
 
 
@@ -167,12 +173,14 @@ class ResidualBlock(layers.Layer):
     Args:
         filters: Output channels.
         groups: Groups of the GroupNormalization layers.
+        dropout: Dropout rate before the second convolution (Ho et al. 2020).
     """
 
-    def __init__(self, filters, groups=8, **kwargs):
+    def __init__(self, filters, groups=8, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.groups = groups
+        self.dropout_rate = float(dropout)
         self.norm1 = GroupNorm(groups, epsilon=1e-5, **_sublayer_kwargs(self))
         self.conv1 = layers.Conv2D(filters, 3, padding="same", **_sublayer_kwargs(self))
         self.time_projection = layers.Dense(filters, **_sublayer_kwargs(self))
@@ -196,12 +204,17 @@ class ResidualBlock(layers.Layer):
             self.shortcut = layers.Conv2D(self.filters, 1, **_sublayer_kwargs(self))
             self.shortcut.build(features_shape)
 
-    def call(self, inputs):
+    def call(self, inputs, training=False):
         features, time_embedding = inputs
         hidden = self.conv1(ops.silu(self.norm1(features)))
         time_bias = self.time_projection(ops.silu(time_embedding))
         hidden = hidden + time_bias[:, None, None, :]
-        hidden = self.conv2(ops.silu(self.norm2(hidden)))
+        hidden = ops.silu(self.norm2(hidden))
+        if training and self.dropout_rate:
+            # tf.random, not a Keras SeedGenerator: under tf.distribute each
+            # replica then draws its own mask.
+            hidden = tf.nn.dropout(hidden, rate=self.dropout_rate)
+        hidden = self.conv2(hidden)
         residual = self.shortcut(features) if self.shortcut is not None else features
         return residual + hidden
 
@@ -209,7 +222,12 @@ class ResidualBlock(layers.Layer):
         return tuple(input_shape[0][:-1]) + (self.filters,)
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "groups": self.groups}
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "groups": self.groups,
+            "dropout": self.dropout_rate,
+        }
 
 
 @keras.saving.register_keras_serializable(package="ddpm_keras")
@@ -265,6 +283,8 @@ def build_unet(
     num_classes=None,
     dtype=None,
     name="unet",
+    attention_levels=None,
+    dropout=0.0,
 ):
     """Builds the denoising UNet as a functional Keras model.
 
@@ -281,6 +301,9 @@ def build_unet(
         num_res_blocks: Residual blocks per level (the decoder has one more).
         attention: Self-attention in the bottleneck (lowest resolution).
         norm_groups: Groups of every GroupNormalization.
+        attention_levels: Levels (0: full resolution) where every residual
+            block is followed by self-attention (`None`: none).
+        dropout: Dropout rate in every residual block.
         num_classes: If set, the network also takes a class label in
             [0, num_classes], where `num_classes` itself means "no label"
             (classifier-free guidance, Ho & Salimans 2022). A learned label
@@ -299,7 +322,10 @@ def build_unet(
             f"sizes. Received: image_shape={image_shape}"
         )
     check_network_widths(base_channels, channel_multipliers, norm_groups)
+    check_attention_levels(attention_levels, channel_multipliers)
     check_field("num_res_blocks", num_res_blocks)
+    check_field("dropout", dropout)
+    attention_levels = set(attention_levels or ())
     check_image_size(image_shape, channel_multipliers, name="image_shape")
 
     if num_classes is not None and (
@@ -337,8 +363,16 @@ def build_unet(
     for level, multiplier in enumerate(channel_multipliers):
         for block in range(num_res_blocks):
             x = ResidualBlock(
-                base_channels * multiplier, norm_groups, name=f"down{level}_res{block}", dtype=dtype
+                base_channels * multiplier,
+                norm_groups,
+                dropout,
+                name=f"down{level}_res{block}",
+                dtype=dtype,
             )([x, time_embedding])
+            if level in attention_levels:
+                x = SelfAttention2D(norm_groups, name=f"down{level}_attention{block}", dtype=dtype)(
+                    x
+                )
             skips.append(x)
         if level != last_level:
             x = layers.Conv2D(
@@ -347,12 +381,12 @@ def build_unet(
             skips.append(x)
 
     bottleneck_channels = base_channels * channel_multipliers[-1]
-    x = ResidualBlock(bottleneck_channels, norm_groups, name="mid_res0", dtype=dtype)(
+    x = ResidualBlock(bottleneck_channels, norm_groups, dropout, name="mid_res0", dtype=dtype)(
         [x, time_embedding]
     )
     if attention:
         x = SelfAttention2D(norm_groups, name="mid_attention", dtype=dtype)(x)
-    x = ResidualBlock(bottleneck_channels, norm_groups, name="mid_res1", dtype=dtype)(
+    x = ResidualBlock(bottleneck_channels, norm_groups, dropout, name="mid_res1", dtype=dtype)(
         [x, time_embedding]
     )
 
@@ -362,9 +396,12 @@ def build_unet(
             x = ResidualBlock(
                 base_channels * channel_multipliers[level],
                 norm_groups,
+                dropout,
                 name=f"up{level}_res{block}",
                 dtype=dtype,
             )([x, time_embedding])
+            if level in attention_levels:
+                x = SelfAttention2D(norm_groups, name=f"up{level}_attention{block}", dtype=dtype)(x)
         if level != 0:
             x = layers.Conv2DTranspose(
                 x.shape[-1], 4, strides=2, padding="same", name=f"up{level}_upsample", dtype=dtype

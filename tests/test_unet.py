@@ -40,9 +40,48 @@ def test_width_depth_and_attention_are_configurable():
     assert rgb.output.shape[1:] == (32, 32, 3)
 
 
+def test_attention_levels_follow_every_block_of_their_level():
+    network = build_unet(
+        (8, 8, 1), 8, (1, 2, 2), 2, attention=False, norm_groups=4, attention_levels=(0, 2)
+    )
+    attention = {
+        layer.name: layer.output.shape[1:3]
+        for layer in network.layers
+        if isinstance(layer, SelfAttention2D)
+    }
+    # Two encoder blocks and three decoder blocks at each named level.
+    assert attention == {
+        **{f"down0_attention{i}": (8, 8) for i in range(2)},
+        **{f"down2_attention{i}": (2, 2) for i in range(2)},
+        **{f"up0_attention{i}": (8, 8) for i in range(3)},
+        **{f"up2_attention{i}": (2, 2) for i in range(3)},
+    }
+
+
+def test_dropout_masks_only_in_training():
+    keras.utils.set_random_seed(0)
+    arguments = dict(image_shape=(8, 8, 1), base_channels=8, channel_multipliers=(1, 2))
+    arguments.update(num_res_blocks=1, attention=False, norm_groups=4)
+    plain = build_unet(**arguments)
+    dropped = build_unet(**arguments, dropout=0.5)
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(0, 0.3, w.shape).astype(np.float32) for w in plain.weights]
+    plain.set_weights(weights)
+    dropped.set_weights(weights)  # dropout adds no weights
+    inputs = [rng.standard_normal((2, 8, 8, 1)).astype(np.float32), np.array([3, 40], np.int32)]
+    # Inference ignores dropout: the same function as the network without it.
+    np.testing.assert_array_equal(dropped(inputs), plain(inputs))
+    first, second = dropped(inputs, training=True), dropped(inputs, training=True)
+    assert not np.allclose(first, second)
+    assert not np.allclose(first, plain(inputs, training=True))
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
+        ({"attention_levels": (2,)}, "attention_levels=\\(2,\\)"),
+        ({"attention_levels": (0, 0)}, "distinct levels"),
+        ({"dropout": 1.0}, "dropout=1.0"),
         ({"image_shape": (30, 30, 1), "channel_multipliers": (1, 2, 2)}, "divisible by 4"),
         ({"image_shape": (28, 28)}, "image_shape"),
         ({"norm_groups": 5}, "norm_groups=5"),
@@ -51,6 +90,7 @@ def test_width_depth_and_attention_are_configurable():
 )
 def test_rejects_bad_arguments(kwargs, message):
     arguments = {"image_shape": (28, 28, 1), "base_channels": 8, "norm_groups": 4}
+    arguments["channel_multipliers"] = (1, 2)
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=message):
         build_unet(**arguments)
@@ -72,7 +112,11 @@ def test_sinusoidal_embedding_values():
 
 @pytest.mark.parametrize(
     "layer",
-    [SinusoidalEmbedding(16, max_period=500), ResidualBlock(12, groups=3), SelfAttention2D(2)],
+    [
+        SinusoidalEmbedding(16, max_period=500),
+        ResidualBlock(12, groups=3, dropout=0.25),
+        SelfAttention2D(2),
+    ],
 )
 def test_custom_layer_get_config_round_trip(layer):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
