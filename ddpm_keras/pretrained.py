@@ -6,7 +6,8 @@
 Each released model is a sampling-only `.keras` file (its EMA weights, no
 optimizer state; see `DiffusionModel.sampling_copy`) in
 `ddpm_keras/assets/pretrained/`, beside its model card (`MODEL_CARD.md`) and
-the `ddpm-evaluate` report its quality table comes from.
+the `ddpm-evaluate` report its quality table comes from. A trained run
+becomes one with `export_pretrained` (`scripts/export_pretrained.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 
 from ddpm_keras.errors import ConfigError, MissingFileError
+from ddpm_keras.files import save_model
 
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "pretrained")
 MODEL_CARD = os.path.join(PRETRAINED_DIR, "MODEL_CARD.md")
@@ -67,3 +69,23 @@ def load_pretrained(name):
             f"reinstall ddpm-keras with its package data. Received: name={name!r}"
         )
     return load_diffusion_model(path)
+
+
+def export_pretrained(model_path, name, directory=None):
+    """Writes a trained model's sampling-only copy as the released model `name`.
+
+    Args:
+        model_path: The `.keras` file a training run saved (`model.keras`).
+        name: One of `PRETRAINED`: add the entry first.
+        directory: Where to write `<name>.keras` (`None`: `PRETRAINED_DIR`).
+
+    Returns:
+        The path written and its size in bytes.
+    """
+    from ddpm_keras.model import load_diffusion_model
+
+    _check_name(name)
+    path = os.path.join(directory or PRETRAINED_DIR, f"{name}.keras")
+    model = load_diffusion_model(model_path).sampling_copy()
+    save_model(model, path)
+    return path, os.path.getsize(path)
