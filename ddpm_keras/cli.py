@@ -547,6 +547,7 @@ def evaluate_main(argv=None):
         classifier=classifier,
         class_names=class_names,
         reference_class_mix=reference_mix,
+        progress=True,
     )
     table = markdown_table(rows, extractor_name, reference_name, classifier_name)
     report = {

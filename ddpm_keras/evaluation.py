@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import keras
 import numpy as np
 
 from ddpm_keras.checks import Integer
@@ -58,6 +59,7 @@ def evaluate_model(
     classifier=None,
     class_names=None,
     reference_class_mix=None,
+    progress=False,
 ):
     """FID and KID of `num_samples` samples per sampler setting.
 
@@ -89,6 +91,7 @@ def evaluate_model(
             an unconditional one.
         reference_class_mix: The reference images' class mix under
             `classifier`, if already known (`None`: measured here).
+        progress: Show a progress bar over each row's samples.
 
     Returns:
         One dict per row: `source`, `sampler`, `steps`, `eta`,
@@ -159,7 +162,13 @@ def evaluate_model(
             row_settings = dataclasses.replace(
                 setting, seed=seed, guidance_scale=1.0 if guidance_scale is None else guidance_scale
             )
-            images = model.pipeline(num_samples, row_settings, labels)
+            batch_callback = None
+            if progress:
+                bar = keras.utils.Progbar(num_samples, unit_name="image")
+                batch_callback = bar.update
+            images = model.pipeline(
+                num_samples, row_settings, labels, batch_callback=batch_callback
+            )
             scores = score_features(
                 extractor(images), reference_features, reference_statistics, kid_subsets, seed
             )

@@ -233,7 +233,15 @@ class SamplingPipeline:
             self.compiled_graphs[key] = tf.function(function, autograph=False)
         return self.compiled_graphs[key]
 
-    def __call__(self, num_images, settings=None, labels=None, batch_size=64, callback=None):
+    def __call__(
+        self,
+        num_images,
+        settings=None,
+        labels=None,
+        batch_size=64,
+        callback=None,
+        batch_callback=None,
+    ):
         """Samples `num_images` images.
 
         Args:
@@ -248,6 +256,8 @@ class SamplingPipeline:
                 `callback(batch_index, step_index, samples)` after each step
                 with the batch's current x_t as a NumPy array in about
                 [-1, 1]: for progress bars and frames of the reverse process.
+            batch_callback: Optional `batch_callback(images_done)` after each
+                batch (a progress bar over images; the loop stays compiled).
 
         Returns:
             NumPy float32 array `[num_images, H, W, C]` in [0, 1].
@@ -281,13 +291,15 @@ class SamplingPipeline:
             batch_labels = None if labels is None else tf.constant(labels[start : start + count])
             if step is None:
                 batches.append(sample(initial_noises, batch_seed, batch_labels).numpy())
-                continue
-            samples, state = initial_noises, sampler.initial_state(initial_noises)
-            for index in range(sampler.num_steps):
-                index = tf.constant(index, tf.int32)
-                samples, state = step(index, samples, state, batch_seed, batch_labels)
-                callback(batch_index, int(index), samples.numpy())
-            batches.append(samples.numpy())
+            else:
+                samples, state = initial_noises, sampler.initial_state(initial_noises)
+                for index in range(sampler.num_steps):
+                    index = tf.constant(index, tf.int32)
+                    samples, state = step(index, samples, state, batch_seed, batch_labels)
+                    callback(batch_index, int(index), samples.numpy())
+                batches.append(samples.numpy())
+            if batch_callback is not None:
+                batch_callback(start + count)
         images = np.concatenate(batches, axis=0)
         return np.clip((images + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
 

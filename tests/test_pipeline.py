@@ -49,6 +49,14 @@ def test_step_by_step_generation_with_a_callback_gives_the_same_images(tiny_mode
     assert calls == [(b, i, n) for b, n in ((0, 3), (1, 2)) for i in range(steps)]
 
 
+def test_a_batch_callback_counts_the_images_done_and_changes_nothing(tiny_model):
+    settings = SamplingSettings("ddim", 3, seed=2)
+    done = []
+    images = tiny_model.pipeline(7, settings, batch_size=3, batch_callback=done.append)
+    assert done == [3, 6, 7]
+    np.testing.assert_array_equal(images, tiny_model.pipeline(7, settings, batch_size=3))
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
