@@ -1,0 +1,96 @@
+"""The release steps' records and the model card rendered from them (no training here)."""
+
+import importlib.util
+import json
+
+import pytest
+
+from ddpm_keras import pretrained
+
+from .conftest import REPO_ROOT
+
+
+def load_release():
+    spec = importlib.util.spec_from_file_location("release", REPO_ROOT / "scripts" / "release.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def toy_report(conditional=False):
+    row = {"source": "model", "sampler": "ddim", "steps": 50, "eta": 0.0}
+    row |= {"num_samples": 10_000, "fid": 3.14159, "kid": 0.00123, "kid_std": 0.00045}
+    row |= {"class_mix_deviation": 0.0123, "seconds": 1500.0, "agreement": None}
+    real = {"source": "real", "sampler": None, "steps": None, "eta": None}
+    real |= {"guidance_scale": None, "num_samples": 10_000, "fid": 0.2, "kid": 0.00001}
+    real |= {"kid_std": 0.00002, "class_mix_deviation": 0.004, "seconds": 60.0, "agreement": None}
+    rows = [real]
+    for scale in (0.0, 3.0) if conditional else (None,):
+        agreement = None if scale is None else (0.5 if scale == 0 else 0.9123)
+        rows.append(row | {"guidance_scale": scale, "agreement": agreement})
+    return {
+        "extractor": "fmnist",
+        "reference": "fashion_mnist test",
+        "reference_examples": 10_000,
+        "seed": 0,
+        "command": "ddpm-evaluate --pretrained toy --num-samples 10000 --settings ddim:50",
+        "rows": rows,
+    }
+
+
+def toy_record(invocations=1):
+    return {
+        "name": "toy",
+        "command": "python scripts/train.py --preset release --output-dir runs/release/toy",
+        "invocations": [{"commit": "abc123", "cpu": "AMD EPYC", "cpu_count": 2, "seconds": 3600.0}]
+        * invocations,
+        "config": {"dataset": "fashion_mnist", "class_conditional": False},
+        "history": [
+            {"epoch": 1, "loss": 0.05, "val_loss": 0.049, "time_s": 3000.0},
+            {"epoch": 2, "loss": 0.04, "val_loss": 0.0412, "time_s": 3000.0},
+        ],
+        "export": {"parameters": 1_119_841, "file_bytes": 4_600_000},
+    }
+
+
+def test_the_quality_table_shows_each_row_as_recorded():
+    release = load_release()
+    table = release.quality_table(toy_report())
+    lines = table.splitlines()
+    assert "class agreement" not in lines[0]
+    assert lines[2] == "| real images (floor) | 10,000 | 0.20 | 0.01 ± 0.02 | 0.4 pp | 1.0 min |"
+    assert lines[3] == "| DDIM 50 | 10,000 | 3.14 | 1.23 ± 0.45 | 1.2 pp | 25.0 min |"
+    conditional = release.quality_table(toy_report(conditional=True)).splitlines()
+    assert "class agreement" in conditional[0]
+    assert conditional[3].startswith("| DDIM 50, guidance 0 |")
+    assert "| 91.2% |" in conditional[4] and "| - |" in conditional[2]
+
+
+@pytest.mark.parametrize("invocations", [1, 2])
+def test_the_card_is_rendered_from_the_records_beside_it(tmp_path, monkeypatch, invocations):
+    release = load_release()
+    monkeypatch.setattr(release, "PRETRAINED_DIR", str(tmp_path))
+    monkeypatch.setattr(release, "RELEASES", {"toy": {"evaluations": {"main": {}}}})
+    (tmp_path / "toy.release.json").write_text(json.dumps(toy_record(invocations)))
+    (tmp_path / "toy.evaluation.json").write_text(json.dumps(toy_report()))
+    card = release.render_card()
+    assert "## `toy`" in card and toy_record()["command"] in card
+    assert "- CPU: AMD EPYC (2 cores)" in card and "- Commit: abc123" in card
+    assert "- Parameters: 1,119,841; the file (EMA weights only) 4.6 MB" in card
+    assert f"{invocations * 1.0:.2f} h of wall time" in card and "1.67 h of epochs" in card
+    assert ("resumed" in card) == (invocations > 1)
+    assert "validation 0.0412" in card
+    assert release.quality_table(toy_report()) in card
+    assert toy_report()["command"] + " --manual-dir DIR" in card
+
+
+def test_the_committed_card_is_the_one_its_records_render():
+    if not pretrained.PRETRAINED:
+        pytest.skip("no released model yet")
+    release = load_release()
+    with open(pretrained.MODEL_CARD, encoding="utf-8") as file:
+        assert file.read() == release.render_card()
+    for name in pretrained.PRETRAINED:
+        assert name in release.RELEASES
+        with open(release.evaluation_path(name, "main"), encoding="utf-8") as file:
+            assert json.load(file)["model"] == f"pretrained:{name}"
