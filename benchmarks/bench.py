@@ -324,21 +324,6 @@ def count_flops(args):
     return {"train_flop_per_image": train, "forward_flop_per_image": forward}
 
 
-def cpu_model():
-    """The CPU's model name, family and model numbers (`/proc/cpuinfo`)."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("model name", "cpu family", "model") and key not in fields:
-                    fields[key] = value.strip()
-    except OSError:
-        pass
-    return fields
-
-
 def cpu_peak_gflops():
     """Nominal float32 peak: cores x reported clock x FLOP per cycle (FMA width).
 
@@ -495,12 +480,13 @@ def markdown_table(rows, args):
 
 def machine_report(args, argv, torch_available):
     """The CPU, its nominal peak and the measured matmul ceilings (skipped by --smoke)."""
+    from ddpm_keras.machine import cpu_fields
     from ddpm_keras.precision import cpu_flags
 
     flags = cpu_flags()
     machine = {
         "processor": platform.processor() or platform.machine(),
-        **cpu_model(),
+        **cpu_fields(),
         "flags_of_note": sorted(
             flags & {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16"}
         ),

@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -30,6 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from ddpm_keras.files import write_json, write_text  # noqa: E402
+from ddpm_keras.machine import cpu_description  # noqa: E402
 from ddpm_keras.pretrained import MODEL_CARD, PRETRAINED_DIR  # noqa: E402
 
 RUNS = os.path.join("runs", "release")
@@ -58,18 +58,6 @@ RELEASES = {
         },
     },
 }
-
-
-def cpu_model():
-    """The CPU's model name, as /proc/cpuinfo gives it (else the platform's)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def git_commit():
@@ -116,8 +104,7 @@ def train(name, data_flags):
     invocation = {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": git_commit(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
+        "cpu": cpu_description(),
     }
     record.setdefault("invocations", []).append(invocation)
     write_json(record_path, record)
@@ -228,7 +215,7 @@ def model_section(name, record, reports):
     config, history = record["config"], record["history"]
     invocations = record["invocations"]
     commits = sorted({i["commit"] for i in invocations})
-    cpus = sorted({f"{i['cpu']} ({i['cpu_count']} cores)" for i in invocations})
+    cpus = sorted({i["cpu"] for i in invocations})
     epochs = history[-1]["epoch"] if history else 0
     export = record.get("export", {})
     lines = [

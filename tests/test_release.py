@@ -42,7 +42,7 @@ def toy_record(invocations=1):
     return {
         "name": "toy",
         "command": "python scripts/train.py --preset release --output-dir runs/release/toy",
-        "invocations": [{"commit": "abc123", "cpu": "AMD EPYC", "cpu_count": 2, "seconds": 3600.0}]
+        "invocations": [{"commit": "abc123", "cpu": "AMD EPYC, 2 cores", "seconds": 3600.0}]
         * invocations,
         "config": {"dataset": "fashion_mnist", "class_conditional": False},
         "history": [
@@ -75,7 +75,7 @@ def test_the_card_is_rendered_from_the_records_beside_it(tmp_path, monkeypatch, 
     (tmp_path / "toy.evaluation.json").write_text(json.dumps(toy_report()))
     card = release.render_card()
     assert "## `toy`" in card and toy_record()["command"] in card
-    assert "- CPU: AMD EPYC (2 cores)" in card and "- Commit: abc123" in card
+    assert "- CPU: AMD EPYC, 2 cores" in card and "- Commit: abc123" in card
     assert "- Parameters: 1,119,841; the file (EMA weights only) 4.6 MB" in card
     assert f"{invocations * 1.0:.2f} h of wall time" in card and "1.67 h of epochs" in card
     assert ("resumed" in card) == (invocations > 1)
