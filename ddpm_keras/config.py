@@ -37,7 +37,8 @@ class DiffusionConfig:
 
     Attributes:
         preset: The preset the other fields start from: `smoke` (seconds),
-            `cpu` (about 30 minutes on 2 CPU cores), `default` (a GPU run),
+            `cpu` (about 30 minutes on 2 CPU cores), `release` (the released
+            models' recipe, about 2 hours), `default` (a GPU run),
             `mnist` and `emnist` (the cpu recipe on MNIST digits and EMNIST
             letters) or `cifar10` (GPU). Unset:
             `default` if a GPU is visible, else `cpu`.
@@ -564,6 +565,12 @@ PRESETS = {
         num_samples=64,
     ),
 }
+# The released Fashion-MNIST models' recipe (scripts/release.py): the cpu
+# recipe, a third wider (1,119,841 parameters, 4.5 MB of float32 weights),
+# for about two hours of 2 AMD EPYC Zen 2 cores. Its step costs 1.39x the
+# cpu preset's (benchmarks/step_time.py), whose 5 epochs took 39 minutes
+# there: 11 epochs are about 2 hours. BENCHMARKS.md has the screening.
+PRESETS["release"] = dict(PRESETS["cpu"], base_channels=32, epochs=11)
 # MNIST (28x28 grey digits) and EMNIST letters with the cpu preset's recipe.
 PRESETS["mnist"] = dict(PRESETS["cpu"], dataset="mnist")
 PRESETS["emnist"] = dict(PRESETS["cpu"], dataset="emnist/letters")
@@ -594,7 +601,8 @@ def get_config(preset: str | None = None, **overrides) -> DiffusionConfig:
     """Builds a validated config from a preset plus field overrides.
 
     Args:
-        preset: `"smoke"`, `"cpu"`, `"default"`, `"mnist"`, `"emnist"` or `"cifar10"`
+        preset: `"smoke"`, `"cpu"`, `"release"`, `"default"`, `"mnist"`, `"emnist"` or
+            `"cifar10"`
             (see `PRESETS`). `None` picks the preset
             that fits the machine (see `detect_preset`) and logs which.
         **overrides: Field values that replace the preset's. `None` values
