@@ -230,7 +230,8 @@ def classify(classifier, images, num_classes):
     return np.argmax(logits, axis=-1)
 
 
-def _row_label(row):
+def row_label(row):
+    """What a row of `evaluate_model` scored: e.g. "ddim 50, guidance 3" or the floor."""
     if row["source"] == "real":
         return "real images (floor)"
     label = SamplingSettings(row["sampler"], row["steps"], row["eta"]).label
@@ -244,7 +245,7 @@ def _row_line(row):
     if row.get("class_mix_deviation") is not None:
         agreement += f", class mix off by at most {100 * row['class_mix_deviation']:.1f} pp"
     return (
-        f"{_row_label(row)}: FID {row['fid']:.2f}, KID {row['kid']:.4f} "
+        f"{row_label(row)}: FID {row['fid']:.2f}, KID {row['kid']:.4f} "
         f"± {row['kid_std']:.4f}{agreement} ({row['num_samples']} samples, {row['seconds']:.1f} s)"
     )
 
@@ -277,7 +278,7 @@ def markdown_table(rows, extractor_name, reference_split, classifier_name=None):
             deviation = row.get("class_mix_deviation")
             agreement += " - |" if deviation is None else f" {100 * deviation:.1f} pp |"
         lines.append(
-            f"| {_row_label(row)} | {row['fid']:.2f} | {row['kid']:.4f} ± {row['kid_std']:.4f} "
+            f"| {row_label(row)} | {row['fid']:.2f} | {row['kid']:.4f} ± {row['kid_std']:.4f} "
             f"|{agreement} {row['seconds']:.1f} | {row['num_samples']} |"
         )
     lines.append("")
@@ -285,7 +286,7 @@ def markdown_table(rows, extractor_name, reference_split, classifier_name=None):
         f"Against the {reference_split} split; N samples per row, the same seed for each; "
         "seconds include sampling and feature extraction."
     )
-    if any(row.get("guidance_scale") is not None for row in rows):
+    if conditional:
         notes += " Guided rows ask for every class in turn; guidance 0 is the unconditional model."
     if classifier_name is not None:
         if conditional:

@@ -21,7 +21,7 @@ PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "asset
 MODEL_CARD = os.path.join(PRETRAINED_DIR, "MODEL_CARD.md")
 
 # Name -> what it is. The file of each is `<name>.keras` in PRETRAINED_DIR and
-# its evaluation `<name>.evaluation.json`.
+# its evaluation `<name>.evaluation.json` (both written by scripts/release.py).
 PRETRAINED = {}
 
 
@@ -39,12 +39,6 @@ def pretrained_path(name):
     """
     _check_name(name)
     return os.path.join(PRETRAINED_DIR, f"{name}.keras")
-
-
-def evaluation_path(name):
-    """The `ddpm-evaluate` report (`evaluation.json`) of a released model's card."""
-    _check_name(name)
-    return os.path.join(PRETRAINED_DIR, f"{name}.evaluation.json")
 
 
 def load_pretrained(name):

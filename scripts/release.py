@@ -28,6 +28,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from ddpm_keras.evaluation import row_label  # noqa: E402
 from ddpm_keras.files import write_json, write_text  # noqa: E402
 from ddpm_keras.machine import cpu_description  # noqa: E402
 from ddpm_keras.pretrained import MODEL_CARD, PRETRAINED_DIR  # noqa: E402
@@ -143,14 +144,15 @@ def evaluation_path(name, kind):
     return os.path.join(PRETRAINED_DIR, f"{name}{suffix}.evaluation.json")
 
 
-def evaluate_command(name, kind, data_flags, output_dir):
+def evaluate_command(name, kind):
+    """The `ddpm-evaluate` command of one report, as the card shows it (no data paths)."""
     evaluation = RELEASES[name]["evaluations"][kind]
     command = ["ddpm-evaluate", "--pretrained", name]
     command += ["--num-samples", str(evaluation["num_samples"])]
     command += ["--settings", *evaluation["settings"]]
     if "guidance_scales" in evaluation:
         command += ["--guidance-scales", *map(str, evaluation["guidance_scales"])]
-    return command + [*data_flags, "--output-dir", output_dir]
+    return command
 
 
 def evaluate(name, kinds, data_flags):
@@ -159,27 +161,14 @@ def evaluate(name, kinds, data_flags):
 
     for kind in kinds:
         output_dir = os.path.join(run_dir(name), f"evaluation-{kind}")
-        command = evaluate_command(name, kind, data_flags, output_dir)
-        code = evaluate_main(command[1:])
+        command = evaluate_command(name, kind)
+        code = evaluate_main([*command[1:], *data_flags, "--output-dir", output_dir])
         if code:
             return code
         report = read_json(os.path.join(output_dir, "evaluation.json"))
-        report["command"] = shlex.join(evaluate_command(name, kind, ["..."], "DIR")).replace(
-            " ... --output-dir DIR", ""
-        )
+        report["command"] = shlex.join(command)
         write_json(evaluation_path(name, kind), report)
     return 0
-
-
-def _row_label(row):
-    if row["source"] == "real":
-        return "real images (floor)"
-    label = {"ddim": "DDIM", "ddpm": "ancestral (DDPM)", "dpmpp_2m": "DPM-Solver++ (2M)"}[
-        row["sampler"]
-    ] + f" {row['steps']}"
-    if row.get("guidance_scale") is not None:
-        label += f", guidance {row['guidance_scale']:g}"
-    return label
 
 
 def quality_table(report):
@@ -192,7 +181,7 @@ def quality_table(report):
     for row in report["rows"]:
         deviation = row.get("class_mix_deviation")
         cells = [
-            _row_label(row),
+            row_label(row),
             f"{row['num_samples']:,}",
             f"{row['fid']:.2f}",
             f"{1000 * row['kid']:.2f} ± {1000 * row['kid_std']:.2f}",

@@ -59,10 +59,10 @@ def test_the_quality_table_shows_each_row_as_recorded():
     lines = table.splitlines()
     assert "class agreement" not in lines[0]
     assert lines[2] == "| real images (floor) | 10,000 | 0.20 | 0.01 ± 0.02 | 0.4 pp | 1.0 min |"
-    assert lines[3] == "| DDIM 50 | 10,000 | 3.14 | 1.23 ± 0.45 | 1.2 pp | 25.0 min |"
+    assert lines[3] == "| ddim 50 | 10,000 | 3.14 | 1.23 ± 0.45 | 1.2 pp | 25.0 min |"
     conditional = release.quality_table(toy_report(conditional=True)).splitlines()
     assert "class agreement" in conditional[0]
-    assert conditional[3].startswith("| DDIM 50, guidance 0 |")
+    assert conditional[3].startswith("| ddim 50, guidance 0 |")
     assert "| 91.2% |" in conditional[4] and "| - |" in conditional[2]
 
 
