@@ -566,11 +566,10 @@ PRESETS = {
     ),
 }
 # The released Fashion-MNIST models' recipe (scripts/release.py): the cpu
-# recipe, a third wider (1,119,841 parameters, 4.5 MB of float32 weights),
-# for about two hours of 2 AMD EPYC Zen 2 cores. Its step costs 1.39x the
-# cpu preset's (benchmarks/step_time.py), whose 5 epochs took 39 minutes
-# there: 11 epochs are about 2 hours. BENCHMARKS.md has the screening.
-PRESETS["release"] = dict(PRESETS["cpu"], base_channels=32, epochs=11)
+# recipe with 32 channels, for about two hours of 2 cores. Its step took 0.9 s
+# on an AMD EPYC Zen 3 (family 25, model 1), so 8 epochs (7,496 steps) are
+# about two hours there. BENCHMARKS.md has the screening and the sizing.
+PRESETS["release"] = dict(PRESETS["cpu"], base_channels=32, epochs=8)
 # MNIST (28x28 grey digits) and EMNIST letters with the cpu preset's recipe.
 PRESETS["mnist"] = dict(PRESETS["cpu"], dataset="mnist")
 PRESETS["emnist"] = dict(PRESETS["cpu"], dataset="emnist/letters")
