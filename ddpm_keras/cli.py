@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import errno
 import functools
+import json
 import os
 import sys
 import types
@@ -122,8 +123,16 @@ def model_from_args(args):
 
     if args.pretrained is not None:
         return load_pretrained(args.pretrained), f"pretrained:{args.pretrained}"
-    path = args.model or args.default_model
-    return load_diffusion_model(path), path
+    return load_diffusion_model(model_file(args)), model_file(args)
+
+
+def model_file(args):
+    """The `.keras` file `--model` / `--pretrained` names."""
+    from ddpm_keras.pretrained import pretrained_path
+
+    if args.pretrained is not None:
+        return pretrained_path(args.pretrained)
+    return args.model or args.default_model
 
 
 # What `ddpm-sample` draws when not told how many.
@@ -202,7 +211,8 @@ _USER_OS_ERRORS = {
     errno.EROFS: ("Read-only file system", "write to another --output-dir"),
 }
 INTERRUPTED_MESSAGE = (
-    "Interrupted. Re-run the same command to resume after the last completed epoch."
+    "Interrupted. Re-run the same command to resume (ddpm-train: after the last "
+    "completed epoch; ddpm-evaluate: after the last scored row)."
 )
 
 
@@ -245,9 +255,9 @@ def user_errors_exit(main):
     """
 
     @functools.wraps(main)
-    def wrapper(argv=None):
+    def wrapper(argv=None, **options):
         try:
-            return main(argv)
+            return main(argv, **options)
         except KeyboardInterrupt:
             print(f"\n{INTERRUPTED_MESSAGE}", file=sys.stderr)
             return 130
@@ -447,9 +457,56 @@ def evaluate_parser():
     return parser
 
 
+# What must match for a re-run of `ddpm-evaluate` to keep the rows an earlier
+# run wrote to the same evaluation.json: everything a row's numbers depend on
+# besides its own sampler setting.
+RESUME_FIELDS = (
+    "model",
+    "model_sha256",
+    "extractor",
+    "data",
+    "reference",
+    "reference_examples",
+    "floor_split",
+    "num_samples",
+    "seed",
+    "weights",
+    "classifier",
+)
+
+
+def earlier_rows(path, header):
+    """The rows of an interrupted (or shorter) run of the same evaluation at `path`.
+
+    A report of another evaluation, or an unreadable one, is replaced, and
+    the message says so.
+    """
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as file:
+            earlier = json.load(file)
+        rows = earlier["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        print(f"{path} is unreadable ({error}); scoring every row and replacing it")
+        return []
+    differing = [field for field in RESUME_FIELDS if earlier.get(field) != header[field]]
+    if differing:
+        print(
+            f"{path} holds another evaluation (its {', '.join(differing)} differ); "
+            "scoring every row and replacing it"
+        )
+        return []
+    print(f"Resuming {path}: keeping the {len(rows)} rows it has")
+    return rows
+
+
 @user_errors_exit
-def evaluate_main(argv=None):
-    """Entry point of `ddpm-evaluate` (and `scripts/evaluate.py`)."""
+def evaluate_main(argv=None, report_callback=None):
+    """Entry point of `ddpm-evaluate` (and `scripts/evaluate.py`).
+
+    `report_callback`, if given, is called with the report after every row.
+    """
     from ddpm_keras.data import folder_evaluation_images, load_split_arrays
     from ddpm_keras.evaluation import NUM_SAMPLES, class_mix, evaluate_model, markdown_table
     from ddpm_keras.features import (
@@ -458,7 +515,7 @@ def evaluate_main(argv=None):
         fmnist_classifier_for,
         get_feature_extractor,
     )
-    from ddpm_keras.files import ensure_writable_dir, write_json, write_text
+    from ddpm_keras.files import ensure_writable_dir, file_sha256, write_json, write_text
 
     args = evaluate_parser().parse_args(argv)
     settings = [SamplingSettings.parse(text, seed=args.seed) for text in args.settings]
@@ -535,6 +592,35 @@ def evaluate_main(argv=None):
         f"Scoring {model_source}: {args.num_samples} samples per row against "
         f"{len(reference)} {reference_name} images ({extractor_name} features)"
     )
+    report_path = os.path.join(args.output_dir, "evaluation.json")
+    header = {
+        "model": model_source,
+        "model_sha256": file_sha256(model_file(args)),
+        "extractor": extractor_name,
+        "data": source,
+        "reference": reference_name,
+        "reference_examples": len(reference),
+        "floor_split": args.floor_split,
+        "num_samples": args.num_samples,
+        "seed": args.seed,
+        "weights": args.weights,
+        "classifier": classifier_name,
+        "reference_class_mix": reference_mix,
+        "rows_planned": (floor is not None) + len(settings) * len(args.guidance_scales or [None]),
+    }
+    scored_rows = earlier_rows(report_path, header)
+
+    def write_report(rows, complete=False):
+        # Written after every row, so that a killed run keeps what it scored
+        # and the same command resumes it.
+        report = header | {"complete": complete, "rows": rows}
+        write_json(report_path, report)
+        table = markdown_table(rows, extractor_name, reference_name, classifier_name)
+        write_text(os.path.join(args.output_dir, "evaluation.md"), table + "\n")
+        if report_callback is not None:
+            report_callback(report)
+        return table
+
     rows = evaluate_model(
         model,
         extractor,
@@ -548,23 +634,9 @@ def evaluate_main(argv=None):
         class_names=class_names,
         reference_class_mix=reference_mix,
         progress=True,
+        scored_rows=scored_rows,
+        row_callback=write_report,
     )
-    table = markdown_table(rows, extractor_name, reference_name, classifier_name)
-    report = {
-        "model": model_source,
-        "extractor": extractor_name,
-        "data": source,
-        "reference": reference_name,
-        "reference_examples": len(reference),
-        "floor_split": args.floor_split,
-        "num_samples": args.num_samples,
-        "seed": args.seed,
-        "weights": args.weights,
-        "classifier": classifier_name,
-        "reference_class_mix": reference_mix,
-        "rows": rows,
-    }
-    write_json(os.path.join(args.output_dir, "evaluation.json"), report)
-    write_text(os.path.join(args.output_dir, "evaluation.md"), table + "\n")
+    table = write_report(rows, complete=True)
     print(f"\n{table}\n\nWrote {args.output_dir}/evaluation.json and evaluation.md")
     return 0

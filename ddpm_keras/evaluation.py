@@ -60,6 +60,8 @@ def evaluate_model(
     class_names=None,
     reference_class_mix=None,
     progress=False,
+    scored_rows=(),
+    row_callback=None,
 ):
     """FID and KID of `num_samples` samples per sampler setting.
 
@@ -92,6 +94,13 @@ def evaluate_model(
         reference_class_mix: The reference images' class mix under
             `classifier`, if already known (`None`: measured here).
         progress: Show a progress bar over each row's samples.
+        scored_rows: Rows an interrupted run of this same evaluation already
+            scored (same model, reference, seed and extractor: the caller
+            checks). A planned row with the same `row_key` is taken from them
+            instead of being sampled again; every row draws its samples from
+            `seed` alone, so the result is the uninterrupted run's.
+        row_callback: Called with the rows so far after each row, e.g. to
+            write them to disk.
 
     Returns:
         One dict per row: `source`, `sampler`, `steps`, `eta`,
@@ -137,8 +146,19 @@ def evaluate_model(
 
     reference_features = extractor(reference_images)
     reference_statistics = FeatureStatistics.from_features(reference_features)
+    kept = {row_key(row): row for row in scored_rows}
     rows = []
-    if floor_images is not None:
+
+    def add(row, reused=False):
+        rows.append(row)
+        log(_row_line(row) + ("  (scored before)" if reused else ""))
+        if row_callback is not None:
+            row_callback(list(rows))
+
+    floor_key = row_key({"source": "real", "num_samples": num_samples})
+    if floor_images is not None and floor_key in kept:
+        add(kept[floor_key], reused=True)
+    elif floor_images is not None:
         if len(floor_images) < num_samples:
             raise ConfigError(
                 f"The floor needs {num_samples} real images. Received: {len(floor_images)}"
@@ -149,15 +169,22 @@ def evaluate_model(
         scores = score_features(
             extractor(floor_sample), reference_features, reference_statistics, kid_subsets, seed
         )
-        rows.append(
+        add(
             {"source": "real", "sampler": None, "steps": None, "eta": None, "guidance_scale": None}
             | {"num_samples": num_samples, **scores, "agreement": None}
             | mix_of(floor_sample)[0]
             | {"seconds": time.perf_counter() - start}
         )
-        log(_row_line(rows[-1]))
     for setting in settings:
         for guidance_scale in guidance_scales:
+            key = row_key(
+                {"source": "model", "sampler": setting.sampler, "steps": setting.steps}
+                | {"eta": setting.eta, "guidance_scale": guidance_scale}
+                | {"num_samples": num_samples}
+            )
+            if key in kept:
+                add(kept[key], reused=True)
+                continue
             start = time.perf_counter()
             row_settings = dataclasses.replace(
                 setting, seed=seed, guidance_scale=1.0 if guidance_scale is None else guidance_scale
@@ -180,14 +207,19 @@ def evaluate_model(
                     "agreement": float(np.mean(correct)),
                     "agreement_per_class": _per_class_shares(correct, labels, model.class_names),
                 }
-            rows.append(
+            add(
                 {"source": "model", "sampler": setting.sampler, "steps": setting.steps}
                 | {"eta": setting.eta, "guidance_scale": guidance_scale}
                 | {"num_samples": num_samples, **scores, **agreement, **mix}
                 | {"seconds": time.perf_counter() - start}
             )
-            log(_row_line(rows[-1]))
     return rows
+
+
+def row_key(row):
+    """What identifies a row of `evaluate_model`: its source, sampler setting and N."""
+    fields = ("source", "sampler", "steps", "eta", "guidance_scale", "num_samples")
+    return tuple(row.get(field) for field in fields)
 
 
 def _per_class_shares(correct, labels, class_names):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -198,6 +199,15 @@ def write_json(path, data):
         with open(temporary, "w", encoding="utf-8") as file:
             json.dump(data, file, indent=2)
             file.write("\n")
+
+
+def file_sha256(path):
+    """The SHA-256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_text(path, text):

@@ -156,18 +156,30 @@ def evaluate_command(name, kind):
 
 
 def evaluate(name, kinds, data_flags):
-    """Scores the exported model; copies each report beside the card."""
+    """Scores the exported model; keeps each report, row by row, beside the card.
+
+    The report beside the card is rewritten after every row, so that an
+    interrupted evaluation keeps its rows in the committed files and the same
+    command resumes it (in another checkout too, via `ddpm-evaluate`'s resume).
+    """
     from ddpm_keras.cli import evaluate_main
 
     for kind in kinds:
         output_dir = os.path.join(run_dir(name), f"evaluation-{kind}")
         command = evaluate_command(name, kind)
-        code = evaluate_main([*command[1:], *data_flags, "--output-dir", output_dir])
+        released = read_json(evaluation_path(name, kind))
+        if released is not None and not os.path.exists(os.path.join(output_dir, "evaluation.json")):
+            os.makedirs(output_dir, exist_ok=True)
+            write_json(os.path.join(output_dir, "evaluation.json"), released)
+
+        def keep(report, command=command, kind=kind):
+            write_json(evaluation_path(name, kind), report | {"command": shlex.join(command)})
+
+        code = evaluate_main(
+            [*command[1:], *data_flags, "--output-dir", output_dir], report_callback=keep
+        )
         if code:
             return code
-        report = read_json(os.path.join(output_dir, "evaluation.json"))
-        report["command"] = shlex.join(command)
-        write_json(evaluation_path(name, kind), report)
     return 0
 
 
@@ -242,6 +254,13 @@ def model_section(name, record, reports):
             "",
             quality_table(report),
         ]
+        if not report.get("complete", True):
+            missing = report["rows_planned"] - len(report["rows"])
+            lines += [
+                "",
+                f"{missing} more row{'s' if missing > 1 else ''} of this command still to be "
+                f"measured (`python scripts/release.py evaluate --name {name}` resumes).",
+            ]
     return "\n".join(lines)
 
 

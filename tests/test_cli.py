@@ -479,7 +479,8 @@ def test_ctrl_c_is_one_line_saying_how_to_resume(capsys):
 
     assert main([]) == 130
     err = capsys.readouterr().err.strip()
-    assert err == "Interrupted. Re-run the same command to resume after the last completed epoch."
+    assert err.startswith("Interrupted. Re-run the same command to resume")
+    assert "after the last completed epoch" in err and "after the last scored row" in err
 
 
 def test_overwrite_is_a_flag_of_the_run_not_a_config_field():

@@ -87,6 +87,41 @@ def test_evaluate_model_scores_each_setting_and_the_real_floor(tiny_model):
         evaluate_model(tiny_model, extractor, reference, settings, 40, floor)
 
 
+def test_evaluate_model_keeps_the_rows_an_interrupted_run_scored(tiny_model, monkeypatch):
+    extractor = toy_extractor()
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(0, 1, (50, 8, 8, 1)).astype(np.float32)
+    floor = rng.uniform(0, 1, (30, 8, 8, 1)).astype(np.float32)
+    settings = [SamplingSettings("ddim", 3), SamplingSettings("ddim", 2)]
+    arguments = (tiny_model, extractor, reference, settings, 10, floor)
+    options = dict(seed=2, kid_subsets=2, log=lambda line: None)
+    written = []
+    full = evaluate_model(*arguments, **options, row_callback=written.append)
+    assert [len(rows) for rows in written] == [1, 2, 3]
+    assert written[-1] == full
+    # A run killed after the floor and ddim 3: its rows, marked so that a
+    # re-scored row would show, and a row of a setting no longer asked for.
+    earlier = [dict(row, fid=-1.0) for row in full[:2]]
+    earlier.append(dict(full[2], steps=7, fid=-2.0))
+    sampled = []
+    pipeline_class = type(tiny_model.pipeline)
+    call = pipeline_class.__call__
+
+    def counting_call(pipeline, num_samples, settings, *args, **kwargs):
+        sampled.append(settings.steps)
+        return call(pipeline, num_samples, settings, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_class, "__call__", counting_call)
+    resumed = evaluate_model(*arguments, **options, scored_rows=earlier)
+    assert sampled == [2]  # only the missing row was sampled
+    assert [row["fid"] for row in resumed[:2]] == [-1.0, -1.0]
+    assert [row["steps"] for row in resumed] == [None, 3, 2]
+    # Each row's samples come from the seed alone: the resumed row is the
+    # uninterrupted run's (same computation on the same machine).
+    assert resumed[2]["fid"] == full[2]["fid"]
+    assert resumed[2]["kid"] == full[2]["kid"]
+
+
 def constant_classifier(class_id, num_classes=3):
     """A classifier of 8x8 images that always answers `class_id`."""
     logits = np.eye(num_classes, dtype=np.float32)[class_id] * 10.0
@@ -242,6 +277,51 @@ def test_ddpm_evaluate_writes_json_and_table(smoke_model_path, manual_dir, tfds_
     table = (output_dir / "evaluation.md").read_text()
     assert "| ddim 2 |" in table and "| real images (floor) |" in table
     assert "fashion_mnist test split" in table
+
+
+def test_ddpm_evaluate_resumes_an_interrupted_run(smoke_model_path, tmp_path, monkeypatch, capsys):
+    from ddpm_keras import data
+    from ddpm_keras.pipeline import SamplingPipeline
+
+    reference = np.random.default_rng(0).uniform(-1, 1, (30, 28, 28, 1)).astype(np.float32)
+    monkeypatch.setattr(data, "load_split_arrays", lambda *args, **kwargs: (reference, None, None))
+    output_dir = tmp_path / "evaluation"
+    argv = ["--model", smoke_model_path, "--settings", "ddim:2", "ddim:3", "--num-samples", "20"]
+    argv += ["--floor-split", "none", "--output-dir", str(output_dir)]
+    call = SamplingPipeline.__call__
+    sampled = []
+
+    def killed_at_ddim_3(pipeline, num_images, settings, *args, **kwargs):
+        sampled.append(settings.steps)
+        if settings.steps == 3:
+            raise KeyboardInterrupt
+        return call(pipeline, num_images, settings, *args, **kwargs)
+
+    monkeypatch.setattr(SamplingPipeline, "__call__", killed_at_ddim_3)
+    assert evaluate_main(argv) == 130  # Ctrl-C's exit status
+    partial = json.loads((output_dir / "evaluation.json").read_text())
+    assert partial["complete"] is False and partial["rows_planned"] == 2
+    assert [row["steps"] for row in partial["rows"]] == [2]
+    assert "| ddim 2 |" in (output_dir / "evaluation.md").read_text()
+
+    monkeypatch.setattr(
+        SamplingPipeline, "__call__", lambda *a, **k: sampled.append(a[2].steps) or call(*a, **k)
+    )
+    sampled.clear()
+    capsys.readouterr()
+    assert evaluate_main(argv) == 0
+    assert sampled == [3]
+    assert "keeping the 1 rows it has" in capsys.readouterr().out
+    report = json.loads((output_dir / "evaluation.json").read_text())
+    assert report["complete"] is True
+    assert report["rows"][0] == partial["rows"][0]
+    assert [row["steps"] for row in report["rows"]] == [2, 3]
+
+    # Another seed is another evaluation: every row is sampled again.
+    sampled.clear()
+    assert evaluate_main([*argv, "--seed", "1"]) == 0
+    assert sampled == [2, 3]
+    assert "its seed differ" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,57 @@ def test_the_card_is_rendered_from_the_records_beside_it(tmp_path, monkeypatch, 
     assert "validation 0.0412" in card
     assert release.quality_table(toy_report()) in card
     assert toy_report()["command"] + " --manual-dir DIR" in card
+    assert "still to be measured" not in card
+
+
+def test_the_card_says_how_many_rows_are_still_to_be_measured(tmp_path, monkeypatch):
+    release = load_release()
+    monkeypatch.setattr(release, "PRETRAINED_DIR", str(tmp_path))
+    monkeypatch.setattr(release, "RELEASES", {"toy": {"evaluations": {"main": {}}}})
+    (tmp_path / "toy.release.json").write_text(json.dumps(toy_record()))
+    report = toy_report() | {"complete": False, "rows_planned": 5}
+    (tmp_path / "toy.evaluation.json").write_text(json.dumps(report))
+    card = release.render_card()
+    assert release.quality_table(report) in card
+    assert "3 more rows of this command still to be measured" in card
+    assert "release.py evaluate --name toy` resumes" in card
+
+
+def test_evaluate_keeps_each_report_beside_the_card_and_resumes_from_it(tmp_path, monkeypatch):
+    from ddpm_keras import cli
+
+    release = load_release()
+    monkeypatch.setattr(release, "PRETRAINED_DIR", str(tmp_path / "pretrained"))
+    monkeypatch.chdir(tmp_path)  # runs/release/ goes here
+    (tmp_path / "pretrained").mkdir()
+    evaluations = {"main": {"num_samples": 10_000, "settings": ["ddim:50", "ddim:25"]}}
+    monkeypatch.setattr(release, "RELEASES", {"toy": {"evaluations": evaluations}})
+    # A report an earlier checkout committed: one of its two rows scored.
+    committed = toy_report() | {"complete": False, "rows_planned": 2}
+    committed["rows"] = committed["rows"][1:]
+    release_path = tmp_path / "pretrained" / "toy.evaluation.json"
+    release_path.write_text(json.dumps(committed))
+    seen = {}
+
+    def fake_evaluate_main(argv, report_callback):
+        output_dir = argv[argv.index("--output-dir") + 1]
+        with open(f"{output_dir}/evaluation.json", encoding="utf-8") as file:
+            seen["resumed from"] = json.load(file)
+        seen["argv"] = argv
+        scored = seen["resumed from"]["rows"]
+        report_callback({"rows": [*scored, scored[0] | {"steps": 25}], "complete": True})
+        seen["after the row"] = json.loads(release_path.read_text())
+        return 0
+
+    monkeypatch.setattr(cli, "evaluate_main", fake_evaluate_main)
+    assert release.evaluate("toy", ["main"], ["--manual-dir", "data"]) == 0
+    assert seen["resumed from"] == committed
+    assert seen["argv"][:2] == ["--pretrained", "toy"] and "--manual-dir" in seen["argv"]
+    written = seen["after the row"]
+    assert [row["steps"] for row in written["rows"]] == [50, 25]
+    assert written["command"] == (
+        "ddpm-evaluate --pretrained toy --num-samples 10000 --settings ddim:50 ddim:25"
+    )
 
 
 def test_the_committed_card_is_the_one_its_records_render():
