@@ -1,6 +1,8 @@
 # Two commands on a fresh machine:
 #   make train   set up .venv and train with the config that fits the machine
 #   make test    set up .venv, lint, and run the test suite
+# and, with no training first:
+#   make sample  set up .venv and draw samples.png from the released model
 # Extra flags: make train ARGS="--preset smoke --manual-dir ../shared/data/fashion-mnist"
 # With PyTorch for the parity tests (otherwise skipped): make test EXTRAS=test,bench
 
@@ -26,8 +28,11 @@ $(VENV)/.installed: pyproject.toml
 train: install
 	$(BIN)/python scripts/train.py $(ARGS)
 
+# Without ARGS: the released Fashion-MNIST model (ddpm_keras/assets/pretrained).
+SAMPLE_ARGS ?= --pretrained fashion-mnist --seed 0
+
 sample: install
-	$(BIN)/python scripts/sample.py $(ARGS)
+	$(BIN)/python scripts/sample.py $(if $(ARGS),$(ARGS),$(SAMPLE_ARGS))
 
 lint: install
 	$(BIN)/ruff check .

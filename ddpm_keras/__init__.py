@@ -15,6 +15,7 @@ from ddpm_keras.distribute import is_chief, make_strategy
 from ddpm_keras.errors import ConfigError, DataUnavailableError
 from ddpm_keras.model import DiffusionModel, build_model, load_diffusion_model
 from ddpm_keras.pipeline import SamplingPipeline, SamplingSettings
+from ddpm_keras.pretrained import load_pretrained
 from ddpm_keras.samplers import DDIMSampler, DDPMSampler, get_sampler
 from ddpm_keras.schedule import NoiseSchedule
 from ddpm_keras.training import generate_samples, train
@@ -40,6 +41,7 @@ __all__ = [
     "is_chief",
     "load_dataset",
     "load_diffusion_model",
+    "load_pretrained",
     "make_strategy",
     "train",
 ]

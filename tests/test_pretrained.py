@@ -1,18 +1,23 @@
 """Released models: sampling-only files, loading by name, `--pretrained`."""
 
+import fnmatch
 import os
+import pathlib
+import re
 
 import keras
 import numpy as np
 import pytest
+import tomllib
 
+import ddpm_keras
 from ddpm_keras import pretrained
 from ddpm_keras.cli import sample_main
 from ddpm_keras.errors import ConfigError
 from ddpm_keras.files import save_model
 from ddpm_keras.model import load_diffusion_model
 
-from .conftest import build_tiny_conditional_model, randomize_weights
+from .conftest import REPO_ROOT, build_tiny_conditional_model, randomize_weights
 
 
 @pytest.fixture
@@ -95,9 +100,36 @@ def test_ddpm_sample_draws_from_a_released_model_by_name(toy_release, tmp_path, 
 
 @pytest.mark.parametrize("name", sorted(pretrained.PRETRAINED))
 def test_each_released_model_loads_and_samples(name):
-    model = pretrained.load_pretrained(name)
+    model = ddpm_keras.load_pretrained(name)  # the package's own file, offline
     labels = None if model.num_classes is None else np.arange(4) % model.num_classes
     images = model.generate(4, steps=5, seed=3, labels=labels)
     assert images.shape == (4, *model.image_shape)
     assert np.all(np.isfinite(images)) and images.min() >= 0 and images.max() <= 1
     np.testing.assert_array_equal(images, model.generate(4, steps=5, seed=3, labels=labels))
+
+
+def test_every_released_file_is_package_data():
+    """A non-editable install (a wheel) carries the released files too."""
+    patterns = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["ddpm_keras"]
+    package = REPO_ROOT / "ddpm_keras"
+    released = [
+        path.relative_to(package).as_posix()
+        for path in pathlib.Path(pretrained.PRETRAINED_DIR).iterdir()
+        if path.is_file()
+    ]
+    for name in pretrained.PRETRAINED:
+        assert f"assets/pretrained/{name}.keras" in released
+    for path in released:
+        assert any(fnmatch.fnmatch(path, pattern) for pattern in patterns), path
+
+
+def test_make_sample_draws_from_a_released_model():
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    (sample_args,) = re.findall(r"^SAMPLE_ARGS \?= (.*)$", makefile, flags=re.MULTILINE)
+    flags = sample_args.split()
+    name = flags[flags.index("--pretrained") + 1]
+    if not pretrained.PRETRAINED:
+        pytest.skip("no released model yet")
+    assert name in pretrained.PRETRAINED
