@@ -11,6 +11,7 @@ import numpy as np
 from ddpm_keras.checks import Integer
 from ddpm_keras.config import DEFAULT_GUIDANCE_SCALE
 from ddpm_keras.errors import ConfigError
+from ddpm_keras.machine import cpu_description
 from ddpm_keras.metrics import (
     FeatureStatistics,
     frechet_distance_from_statistics,
@@ -107,7 +108,9 @@ def evaluate_model(
         `guidance_scale` (`None` if unconditional), `num_samples`, `fid`,
         `kid`, `kid_std`, `agreement` (`None` unless measured),
         `class_mix` and `class_mix_deviation` (`None` without a
-        classifier), `seconds`; conditional rows with a classifier also
+        classifier), `seconds` and the `cpu` they were measured on (rows
+        of a resumed evaluation may come from another machine); conditional
+        rows with a classifier also
         have `agreement_per_class` (class name -> share).
     """
     NUM_SAMPLES.check("num_samples", num_samples)
@@ -173,7 +176,7 @@ def evaluate_model(
             {"source": "real", "sampler": None, "steps": None, "eta": None, "guidance_scale": None}
             | {"num_samples": num_samples, **scores, "agreement": None}
             | mix_of(floor_sample)[0]
-            | {"seconds": time.perf_counter() - start}
+            | {"seconds": time.perf_counter() - start, "cpu": cpu_description()}
         )
     for setting in settings:
         for guidance_scale in guidance_scales:
@@ -211,7 +214,7 @@ def evaluate_model(
                 {"source": "model", "sampler": setting.sampler, "steps": setting.steps}
                 | {"eta": setting.eta, "guidance_scale": guidance_scale}
                 | {"num_samples": num_samples, **scores, **agreement, **mix}
-                | {"seconds": time.perf_counter() - start}
+                | {"seconds": time.perf_counter() - start, "cpu": cpu_description()}
             )
     return rows
 

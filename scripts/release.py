@@ -243,6 +243,11 @@ def model_section(name, record, reports):
         f"- Parameters: {export.get('parameters', 0):,}; the file (EMA weights only) "
         f"{export.get('file_bytes', 0) / 1e6:.1f} MB",
     ]
+    if not reports:
+        lines += [
+            "",
+            f"Quality: not measured yet (`python scripts/release.py evaluate --name {name}`).",
+        ]
     for report in reports.values():
         lines += [
             "",
@@ -255,6 +260,9 @@ def model_section(name, record, reports):
             "",
             quality_table(report),
         ]
+        timed_on = sorted({row["cpu"] for row in report["rows"] if "cpu" in row})
+        if timed_on:
+            lines += ["", f"Times measured on: {'; '.join(timed_on)}."]
         if not report.get("complete", True):
             missing = report["rows_planned"] - len(report["rows"])
             lines += [

@@ -14,6 +14,7 @@ from ddpm_keras.evaluation import (
     markdown_table,
 )
 from ddpm_keras.features import FeatureExtractor
+from ddpm_keras.machine import cpu_description
 from ddpm_keras.metrics import frechet_distance
 from ddpm_keras.pipeline import SamplingSettings
 
@@ -73,6 +74,8 @@ def test_evaluate_model_scores_each_setting_and_the_real_floor(tiny_model):
     assert [r["source"] for r in rows] == ["real", "model", "model"]
     assert [r["eta"] for r in rows[1:]] == [0.0, 1.0]
     assert all(r["num_samples"] == 10 and r["seconds"] > 0 for r in rows)
+    # Each row names the machine its seconds were measured on.
+    assert {r["cpu"] for r in rows} == {cpu_description()}
     samples = tiny_model.generate(10, steps=3, seed=2)
     assert rows[1]["fid"] == pytest.approx(
         frechet_distance(extractor(samples), extractor(reference))

@@ -2,10 +2,13 @@
 
 import importlib.util
 import json
+import os
+import shlex
 
 import pytest
 
 from ddpm_keras import pretrained
+from ddpm_keras.files import file_sha256
 
 from .conftest import REPO_ROOT
 
@@ -21,6 +24,7 @@ def toy_report(conditional=False):
     row = {"source": "model", "sampler": "ddim", "steps": 50, "eta": 0.0}
     row |= {"num_samples": 10_000, "fid": 3.14159, "kid": 0.00123, "kid_std": 0.00045}
     row |= {"class_mix_deviation": 0.0123, "seconds": 1500.0, "agreement": None}
+    row |= {"cpu": "AMD EPYC (family 25, model 17), 2 cores"}
     real = {"source": "real", "sampler": None, "steps": None, "eta": None}
     real |= {"guidance_scale": None, "num_samples": 10_000, "fid": 0.2, "kid": 0.00001}
     real |= {"kid_std": 0.00002, "class_mix_deviation": 0.004, "seconds": 60.0, "agreement": None}
@@ -81,8 +85,10 @@ def test_the_card_is_rendered_from_the_records_beside_it(tmp_path, monkeypatch, 
     assert ("resumed" in card) == (invocations > 1)
     assert "validation 0.0412" in card
     assert release.quality_table(toy_report()) in card
+    # The floor row of toy_report has no cpu (a report from before rows named it).
+    assert "Times measured on: AMD EPYC (family 25, model 17), 2 cores." in card
     assert toy_report()["command"] + " --manual-dir DIR" in card
-    assert "still to be measured" not in card
+    assert "still to be measured" not in card and "not measured yet" not in card
 
 
 def test_the_card_says_how_many_rows_are_still_to_be_measured(tmp_path, monkeypatch):
@@ -96,6 +102,15 @@ def test_the_card_says_how_many_rows_are_still_to_be_measured(tmp_path, monkeypa
     assert release.quality_table(report) in card
     assert "3 more rows of this command still to be measured" in card
     assert "release.py evaluate --name toy` resumes" in card
+
+
+def test_the_card_of_a_model_not_yet_scored_says_so(tmp_path, monkeypatch):
+    release = load_release()
+    monkeypatch.setattr(release, "PRETRAINED_DIR", str(tmp_path))
+    monkeypatch.setattr(release, "RELEASES", {"toy": {"evaluations": {"main": {}}}})
+    (tmp_path / "toy.release.json").write_text(json.dumps(toy_record()))
+    card = release.render_card()
+    assert "## `toy`" in card and "Quality: not measured yet" in card and "| FID |" not in card
 
 
 def test_evaluate_keeps_each_report_beside_the_card_and_resumes_from_it(tmp_path, monkeypatch):
@@ -143,5 +158,14 @@ def test_the_committed_card_is_the_one_its_records_render():
         assert file.read() == release.render_card()
     for name in pretrained.PRETRAINED:
         assert name in release.RELEASES
-        with open(release.evaluation_path(name, "main"), encoding="utf-8") as file:
-            assert json.load(file)["model"] == f"pretrained:{name}"
+        for kind in release.RELEASES[name]["evaluations"]:
+            path = release.evaluation_path(name, kind)
+            if not os.path.exists(path):  # the card then says "not measured yet"
+                continue
+            with open(path, encoding="utf-8") as file:
+                report = json.load(file)
+            # The report scored the released file as it is now, with the
+            # command the card names.
+            assert report["model"] == f"pretrained:{name}"
+            assert report["model_sha256"] == file_sha256(pretrained.pretrained_path(name))
+            assert report["command"] == shlex.join(release.evaluate_command(name, kind))
