@@ -22,7 +22,9 @@ MODEL_CARD = os.path.join(PRETRAINED_DIR, "MODEL_CARD.md")
 
 # Name -> what it is. The file of each is `<name>.keras` in PRETRAINED_DIR and
 # its evaluation `<name>.evaluation.json` (both written by scripts/release.py).
-PRETRAINED = {}
+PRETRAINED = {
+    "fashion-mnist": "Fashion-MNIST, 28x28 grey, unconditional: the `release` preset",
+}
 
 
 def _check_name(name):
@@ -81,5 +83,6 @@ def export_pretrained(model_path, name, directory=None):
     _check_name(name)
     path = os.path.join(directory or PRETRAINED_DIR, f"{name}.keras")
     model = load_diffusion_model(model_path).sampling_copy()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     save_model(model, path)
     return path, os.path.getsize(path)
