@@ -169,3 +169,16 @@ def test_the_committed_card_is_the_one_its_records_render():
             assert report["model"] == f"pretrained:{name}"
             assert report["model_sha256"] == file_sha256(pretrained.pretrained_path(name))
             assert report["command"] == shlex.join(release.evaluate_command(name, kind))
+
+
+def test_the_readme_quality_table_is_the_released_models_report():
+    release = load_release()
+    path = release.evaluation_path("fashion-mnist", "main")
+    if "fashion-mnist" not in pretrained.PRETRAINED or not os.path.exists(path):
+        pytest.skip("the released model is not scored yet")
+    with open(path, encoding="utf-8") as file:
+        report = json.load(file)
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    # The front page shows the rows the committed report holds, as the card does.
+    assert release.quality_table(report) in readme
+    assert report["command"] in readme.replace(" \\\n    ", " ")
