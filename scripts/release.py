@@ -212,8 +212,8 @@ def _hours(seconds):
     return f"{seconds / 3600:.2f} h"
 
 
-def model_section(name, record, reports):
-    """The card's section on one released model."""
+def model_section(name, record, reports, missing=()):
+    """The card's section on one released model; `missing`: its reports not yet written."""
     config, history = record["config"], record["history"]
     invocations = record["invocations"]
     commits = sorted({i["commit"] for i in invocations})
@@ -247,6 +247,12 @@ def model_section(name, record, reports):
         lines += [
             "",
             f"Quality: not measured yet (`python scripts/release.py evaluate --name {name}`).",
+        ]
+    elif missing:
+        lines += [
+            "",
+            f"Not measured yet: the {', '.join(missing)} report "
+            f"(`python scripts/release.py evaluate --name {name} --only {' '.join(missing)}`).",
         ]
     for report in reports.values():
         lines += [
@@ -290,7 +296,8 @@ def render_card(names=None):
             report = read_json(evaluation_path(name, kind))
             if report is not None:
                 reports[kind] = report
-        sections += ["", model_section(name, record, reports)]
+        missing = [kind for kind in RELEASES[name]["evaluations"] if kind not in reports]
+        sections += ["", model_section(name, record, reports, missing)]
     return "\n".join(sections) + "\n"
 
 

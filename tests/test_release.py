@@ -104,6 +104,21 @@ def test_the_card_says_how_many_rows_are_still_to_be_measured(tmp_path, monkeypa
     assert "release.py evaluate --name toy` resumes" in card
 
 
+def test_the_card_names_a_report_not_yet_written(tmp_path, monkeypatch):
+    release = load_release()
+    monkeypatch.setattr(release, "PRETRAINED_DIR", str(tmp_path))
+    evaluations = {"main": {}, "ancestral": {}}
+    monkeypatch.setattr(release, "RELEASES", {"toy": {"evaluations": evaluations}})
+    (tmp_path / "toy.release.json").write_text(json.dumps(toy_record()))
+    (tmp_path / "toy.evaluation.json").write_text(json.dumps(toy_report()))
+    card = release.render_card()
+    assert release.quality_table(toy_report()) in card
+    assert "Not measured yet: the ancestral report (`python scripts/release.py evaluate" in card
+    assert "--name toy --only ancestral`)" in card
+    (tmp_path / "toy.ancestral.evaluation.json").write_text(json.dumps(toy_report()))
+    assert "Not measured yet" not in release.render_card()
+
+
 def test_the_card_of_a_model_not_yet_scored_says_so(tmp_path, monkeypatch):
     release = load_release()
     monkeypatch.setattr(release, "PRETRAINED_DIR", str(tmp_path))
