@@ -110,8 +110,8 @@ def evaluate_model(
         `class_mix` and `class_mix_deviation` (`None` without a
         classifier), `seconds` and the `cpu` they were measured on (rows
         of a resumed evaluation may come from another machine); conditional
-        rows with a classifier also
-        have `agreement_per_class` (class name -> share).
+        rows with a classifier also have `agreement_per_class` (class name
+        -> share).
     """
     NUM_SAMPLES.check("num_samples", num_samples)
     if model.num_classes is None:

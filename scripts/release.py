@@ -212,8 +212,8 @@ def _hours(seconds):
     return f"{seconds / 3600:.2f} h"
 
 
-def model_section(name, record, reports, missing=()):
-    """The card's section on one released model; `missing`: its reports not yet written."""
+def model_section(name, record, reports, unwritten=()):
+    """The card's section on one released model; `unwritten`: its reports not yet written."""
     config, history = record["config"], record["history"]
     invocations = record["invocations"]
     commits = sorted({i["commit"] for i in invocations})
@@ -248,11 +248,11 @@ def model_section(name, record, reports, missing=()):
             "",
             f"Quality: not measured yet (`python scripts/release.py evaluate --name {name}`).",
         ]
-    elif missing:
+    elif unwritten:
         lines += [
             "",
-            f"Not measured yet: the {', '.join(missing)} report "
-            f"(`python scripts/release.py evaluate --name {name} --only {' '.join(missing)}`).",
+            f"Not measured yet: the {', '.join(unwritten)} report "
+            f"(`python scripts/release.py evaluate --name {name} --only {' '.join(unwritten)}`).",
         ]
     for report in reports.values():
         lines += [
@@ -296,8 +296,8 @@ def render_card(names=None):
             report = read_json(evaluation_path(name, kind))
             if report is not None:
                 reports[kind] = report
-        missing = [kind for kind in RELEASES[name]["evaluations"] if kind not in reports]
-        sections += ["", model_section(name, record, reports, missing)]
+        unwritten = [kind for kind in RELEASES[name]["evaluations"] if kind not in reports]
+        sections += ["", model_section(name, record, reports, unwritten)]
     return "\n".join(sections) + "\n"
 
 
