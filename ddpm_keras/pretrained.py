@@ -24,6 +24,10 @@ MODEL_CARD = os.path.join(PRETRAINED_DIR, "MODEL_CARD.md")
 # its evaluation `<name>.evaluation.json` (both written by scripts/release.py).
 PRETRAINED = {
     "fashion-mnist": "Fashion-MNIST, 28x28 grey, unconditional: the `release` preset",
+    "fashion-mnist-conditional": (
+        "Fashion-MNIST, 28x28 grey, class-conditional (classifier-free guidance): "
+        "the `release` preset with `--class-conditional`"
+    ),
 }
 
 
