@@ -70,6 +70,23 @@ def test_the_quality_table_shows_each_row_as_recorded():
     assert "| 91.2% |" in conditional[4] and "| - |" in conditional[2]
 
 
+def test_the_quality_table_lists_a_settings_rows_by_guidance_scale():
+    release = load_release()
+    report = toy_report(conditional=True)
+    floor, scale_0, scale_3 = report["rows"]
+    ddim_25 = scale_0 | {"steps": 25}
+    # Evaluated in the order the release runs them: the default scale before the sweep.
+    report["rows"] = [floor, ddim_25, scale_0, scale_3, scale_3 | {"guidance_scale": 2.0}]
+    labels = [line.split(" | ")[0] for line in release.quality_table(report).splitlines()[2:]]
+    assert labels == [
+        "| real images (floor)",
+        "| ddim 25, guidance 0",
+        "| ddim 50, guidance 0",
+        "| ddim 50, guidance 2",
+        "| ddim 50, guidance 3",
+    ]
+
+
 @pytest.mark.parametrize("invocations", [1, 2])
 def test_the_card_is_rendered_from_the_records_beside_it(tmp_path, monkeypatch, invocations):
     release = load_release()
