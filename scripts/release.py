@@ -291,6 +291,13 @@ def model_section(name, record, reports, unwritten=()):
                 f"{missing} more row{'s' if missing > 1 else ''} of this command still to be "
                 f"measured (`python scripts/release.py evaluate --name {name}` resumes).",
             ]
+    if len({row["num_samples"] for report in reports.values() for row in report["rows"]}) > 1:
+        lines += [
+            "",
+            "FID is biased upward at small N, so FIDs at different N do not compare: read each "
+            "against the floor at its own N. KID is unbiased and compares across N "
+            "(Binkowski et al. 2018).",
+        ]
     return "\n".join(lines)
 
 

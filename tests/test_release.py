@@ -136,6 +136,22 @@ def test_the_card_names_a_report_not_yet_written(tmp_path, monkeypatch):
     assert "Not measured yet" not in release.render_card()
 
 
+def test_the_card_warns_that_fids_at_different_n_do_not_compare(tmp_path, monkeypatch):
+    release = load_release()
+    monkeypatch.setattr(release, "PRETRAINED_DIR", str(tmp_path))
+    evaluations = {"main": {}, "ancestral": {}}
+    monkeypatch.setattr(release, "RELEASES", {"toy": {"evaluations": evaluations}})
+    (tmp_path / "toy.release.json").write_text(json.dumps(toy_record()))
+    (tmp_path / "toy.evaluation.json").write_text(json.dumps(toy_report()))
+    ancestral = toy_report()
+    ancestral["rows"] = [row | {"num_samples": 1_000} for row in ancestral["rows"]]
+    (tmp_path / "toy.ancestral.evaluation.json").write_text(json.dumps(ancestral))
+    warning = "FIDs at different N do not compare"
+    assert warning in release.render_card()
+    (tmp_path / "toy.ancestral.evaluation.json").write_text(json.dumps(toy_report()))
+    assert warning not in release.render_card()
+
+
 def test_the_card_of_a_model_not_yet_scored_says_so(tmp_path, monkeypatch):
     release = load_release()
     monkeypatch.setattr(release, "PRETRAINED_DIR", str(tmp_path))
