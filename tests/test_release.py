@@ -87,12 +87,18 @@ def test_the_quality_table_lists_a_settings_rows_by_guidance_scale():
     ]
 
 
-@pytest.mark.parametrize("invocations", [1, 2])
-def test_the_card_is_rendered_from_the_records_beside_it(tmp_path, monkeypatch, invocations):
+def toy_release(tmp_path, monkeypatch, kinds=("main",), invocations=1):
+    """scripts/release.py with one model, `toy`, whose record (and reports) sit in tmp_path."""
     release = load_release()
     monkeypatch.setattr(release, "PRETRAINED_DIR", str(tmp_path))
-    monkeypatch.setattr(release, "RELEASES", {"toy": {"evaluations": {"main": {}}}})
+    monkeypatch.setattr(release, "RELEASES", {"toy": {"evaluations": {k: {} for k in kinds}}})
     (tmp_path / "toy.release.json").write_text(json.dumps(toy_record(invocations)))
+    return release
+
+
+@pytest.mark.parametrize("invocations", [1, 2])
+def test_the_card_is_rendered_from_the_records_beside_it(tmp_path, monkeypatch, invocations):
+    release = toy_release(tmp_path, monkeypatch, invocations=invocations)
     (tmp_path / "toy.evaluation.json").write_text(json.dumps(toy_report()))
     card = release.render_card()
     assert "## `toy`" in card and toy_record()["command"] in card
@@ -109,10 +115,7 @@ def test_the_card_is_rendered_from_the_records_beside_it(tmp_path, monkeypatch, 
 
 
 def test_the_card_says_how_many_rows_are_still_to_be_measured(tmp_path, monkeypatch):
-    release = load_release()
-    monkeypatch.setattr(release, "PRETRAINED_DIR", str(tmp_path))
-    monkeypatch.setattr(release, "RELEASES", {"toy": {"evaluations": {"main": {}}}})
-    (tmp_path / "toy.release.json").write_text(json.dumps(toy_record()))
+    release = toy_release(tmp_path, monkeypatch)
     report = toy_report() | {"complete": False, "rows_planned": 5}
     (tmp_path / "toy.evaluation.json").write_text(json.dumps(report))
     card = release.render_card()
@@ -122,11 +125,7 @@ def test_the_card_says_how_many_rows_are_still_to_be_measured(tmp_path, monkeypa
 
 
 def test_the_card_names_a_report_not_yet_written(tmp_path, monkeypatch):
-    release = load_release()
-    monkeypatch.setattr(release, "PRETRAINED_DIR", str(tmp_path))
-    evaluations = {"main": {}, "ancestral": {}}
-    monkeypatch.setattr(release, "RELEASES", {"toy": {"evaluations": evaluations}})
-    (tmp_path / "toy.release.json").write_text(json.dumps(toy_record()))
+    release = toy_release(tmp_path, monkeypatch, kinds=("main", "ancestral"))
     (tmp_path / "toy.evaluation.json").write_text(json.dumps(toy_report()))
     card = release.render_card()
     assert release.quality_table(toy_report()) in card
@@ -137,11 +136,7 @@ def test_the_card_names_a_report_not_yet_written(tmp_path, monkeypatch):
 
 
 def test_the_card_warns_that_fids_at_different_n_do_not_compare(tmp_path, monkeypatch):
-    release = load_release()
-    monkeypatch.setattr(release, "PRETRAINED_DIR", str(tmp_path))
-    evaluations = {"main": {}, "ancestral": {}}
-    monkeypatch.setattr(release, "RELEASES", {"toy": {"evaluations": evaluations}})
-    (tmp_path / "toy.release.json").write_text(json.dumps(toy_record()))
+    release = toy_release(tmp_path, monkeypatch, kinds=("main", "ancestral"))
     (tmp_path / "toy.evaluation.json").write_text(json.dumps(toy_report()))
     ancestral = toy_report()
     ancestral["rows"] = [row | {"num_samples": 1_000} for row in ancestral["rows"]]
@@ -153,10 +148,7 @@ def test_the_card_warns_that_fids_at_different_n_do_not_compare(tmp_path, monkey
 
 
 def test_the_card_of_a_model_not_yet_scored_says_so(tmp_path, monkeypatch):
-    release = load_release()
-    monkeypatch.setattr(release, "PRETRAINED_DIR", str(tmp_path))
-    monkeypatch.setattr(release, "RELEASES", {"toy": {"evaluations": {"main": {}}}})
-    (tmp_path / "toy.release.json").write_text(json.dumps(toy_record()))
+    release = toy_release(tmp_path, monkeypatch)
     card = release.render_card()
     assert "## `toy`" in card and "Quality: not measured yet" in card and "| FID |" not in card
 
